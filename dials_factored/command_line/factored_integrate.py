@@ -1,0 +1,232 @@
+"""Integrate and scale indexed stills or rotation data in one factored likelihood.
+
+Every reflection's shoebox is reduced to its profile-fit amplitude J (Term 1,
+Fisher-weighted with the model-expected variance) and its shape second moment
+M₂ (Term 2); the per-image scale G, the Debye-Waller factor B, the partiality
+width R0 and the profile width R1(d) are fitted jointly against them with a
+scitbx Levenberg–Marquardt minimiser, against an external reference or a
+reference bootstrapped from the data.  The output is integrated *and scaled*:
+dials.merge and dials.export accept it as it is, and dials.scale can take it
+further.
+
+Examples::
+
+  dials.factored_integrate indexed.expt indexed.refl
+  dials.factored_integrate refined.expt refined.refl reference=model.pdb d_min=1.8
+  dials.factored_integrate indexed.expt indexed.refl beam.bandwidth=0.0025 nproc=2
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import iotbx.phil
+from dials.util import Sorry, log, show_mail_handle_errors
+from dials.util.options import ArgumentParser, flatten_experiments, flatten_reflections
+
+logger = logging.getLogger("dials.factored_integrate")
+
+phil_scope = iotbx.phil.parse(
+    """
+reference = None
+  .type = path
+  .help = "External reference: an MTZ with intensities or amplitudes, or an atomic"
+          "model (PDB/mmCIF, |Fcalc|^2). None: bootstrap I_ref from the data."
+d_min = None
+  .type = float(value_min=0.3)
+  .help = "High-resolution limit (Å). None: the detector's corners."
+nproc = 1
+  .type = int(value_min=1)
+  .help = "Number of processes."
+beam {
+  bandwidth = 0.0
+    .type = float(value_min=0)
+    .help = "Relative rms bandwidth of the beam (σ_λ/λ), known from the source; it"
+            "widens the partiality: R_bw² = (bλ)²/(2d⁴)."
+}
+partiality {
+  r0 = None
+    .type = float(value_min=0)
+    .help = "Initial radial width R0 of the reciprocal-lattice point (Å⁻¹, stills)."
+            "None: 1/domain size from indexing, else 0.002."
+  log_r0_prior_sigma = 0.5
+    .type = float(value_min=0)
+    .help = "Width of the log-normal prior on R0 around its initial value."
+    .expert_level = 1
+}
+profile {
+  r1 = None
+    .type = float(value_min=0)
+    .help = "Initial tangential profile width R1 (Å⁻¹). None: from the spot finder's"
+            "boxes in the input reflections."
+  mosaicity = None
+    .type = float(value_min=0)
+    .help = "Initial mosaic spread σ_m (degrees, rotation data). None: from the spot"
+            "finder's z extents."
+  anisotropic = False
+    .type = bool
+    .help = "Fit separate widths along the circumferential and radial directions."
+  n_resolution_bins = 5
+    .type = int(value_min=1)
+    .help = "Number of nodes of R1(d) on a grid in 1/d²."
+  smoothness = 0.3
+    .type = float(value_min=0)
+    .help = "σ of the prior on log R1 differences between neighbouring nodes."
+    .expert_level = 1
+  box_sigma = 4.0
+    .type = float(value_min=1)
+    .help = "Half-width of the shoebox in units of the initial R1."
+    .expert_level = 1
+  min_box_half_width = 3
+    .type = int(value_min=1)
+    .help = "Smallest shoebox half-width (pixels)."
+    .expert_level = 1
+  window_sigma = 3.0
+    .type = float(value_min=1)
+    .help = "Foreground window (in units of R1) for M₂, summation and background."
+    .expert_level = 1
+  min_i_over_sigma = 5.0
+    .type = float(value_min=0)
+    .help = "Reflections with J/σ_J above this enter Term 2 (shape)."
+    .expert_level = 1
+}
+scale {
+  block_width = 5.0
+    .type = float(value_min=0.1)
+    .help = "Spacing in degrees of the G and B nodes along a rotation sweep."
+  b_prior_sigma = 20.0
+    .type = float(value_min=0)
+    .help = "σ (Å²) of the prior B ~ N(0, σ) per node."
+    .expert_level = 1
+  smoothness {
+    log_g = 0.1
+      .type = float(value_min=0)
+      .help = "σ of the prior on log G differences between neighbouring rotation nodes."
+      .expert_level = 1
+    b = 2.0
+      .type = float(value_min=0)
+      .help = "σ (Å²) of the prior on B differences between neighbouring rotation nodes."
+      .expert_level = 1
+  }
+}
+prediction {
+  excitation_cutoff = 3.0
+    .type = float(value_min=0.5)
+    .help = "Stills: predict reflections with |ε| below this many initial R0_eff."
+    .expert_level = 1
+  min_zeta = 0.05
+    .type = float(value_min=0)
+    .help = "Rotation: skip reflections with |ζ| below this (close to the axis)."
+    .expert_level = 1
+}
+outliers {
+  pixel_threshold = 8.0
+    .type = float(value_min=3)
+    .help = "A pixel more than this many σ above the model (Bg + J·P) is masked:"
+            "hot pixels and zingers."
+}
+refinement {
+  n_cycles = 4
+    .type = int(value_min=1)
+    .help = "Outer cycles (new R1, weights and I_ref each cycle)."
+  max_iterations = 30
+    .type = int(value_min=1)
+    .help = "Levenberg-Marquardt iterations per cycle."
+    .expert_level = 1
+}
+output {
+  experiments = factored.expt
+    .type = path
+  reflections = factored.refl
+    .type = path
+  parameters = factored_parameters.json
+    .type = path
+    .help = "Fitted G, B per node, R1(d), R0 and the history of the fit."
+  log = dials.factored_integrate.log
+    .type = path
+  min_partiality = 0.05
+    .type = float(value_min=0)
+    .help = "Observations with a lower fitted partiality are flagged bad_for_scaling."
+    .expert_level = 1
+  min_profile_coverage = 0.5
+    .type = float(value_min=0)
+    .help = "Reflections whose usable pixels hold less of the profile are not integrated."
+    .expert_level = 1
+}
+"""
+)
+
+
+@show_mail_handle_errors()
+def run(args: list[str] | None = None, phil=phil_scope) -> None:
+    parser = ArgumentParser(
+        usage="dials.factored_integrate indexed.expt indexed.refl [options]",
+        phil=phil,
+        epilog=__doc__,
+        read_experiments=True,
+        read_reflections=True,
+        check_format=True,
+    )
+    params, options, unhandled = parser.parse_args(
+        args=args, show_diff_phil=False, return_unhandled=True
+    )
+    if unhandled:
+        raise Sorry(f"unrecognised argument(s): {' '.join(unhandled)}")
+    experiments = flatten_experiments(params.input.experiments)
+    reflections = flatten_reflections(params.input.reflections)
+    if len(experiments) == 0:
+        parser.print_help()
+        return
+    if len(reflections) > 1:
+        raise Sorry("give one reflection table (it may hold many stills)")
+    strong = reflections[0] if reflections else None
+
+    log.config(verbosity=options.verbose, logfile=params.output.log)
+    from dials.util.version import dials_version
+
+    logger.info(dials_version())
+    diff = parser.diff_phil.as_str()
+    if diff:
+        logger.info("The following parameters have been modified:\n%s", diff)
+
+    from dials_factored import inputs, output
+    from dials_factored.integrate import run_factored
+
+    inputs.check_experiments(experiments)
+    inputs.check_reflections(strong, experiments)
+    given = [i.filename for i in params.input.experiments] + [
+        i.filename for i in params.input.reflections]
+    output.check_paths([params.output.experiments, params.output.reflections,
+                        params.output.parameters], given)
+
+    start = time.time()
+    try:
+        result = run_factored(experiments, strong, params, progress=_progress_printer())
+    except ValueError as e:
+        raise Sorry(str(e)) from e
+    logger.info("Integrated %d reflections in %.1f s", len(result.table), time.time() - start)
+    output.write_reflections(result.table, params.output.reflections)
+    output.write_experiments(experiments, params.output.experiments)
+    output.write_json({"parameters": result.parameters, "history": result.history,
+                       "timings": result.timings}, params.output.parameters)
+    logger.info("Saved %s, %s and %s", params.output.reflections, params.output.experiments,
+                params.output.parameters)
+
+
+def _progress_printer():
+    """Periodic progress lines for image reading (about every 10 %)."""
+    state = {"last": -1}
+
+    def show(done: int, total: int) -> None:
+        tenth = done * 10 // max(total, 1)
+        if tenth != state["last"] or done == total:
+            state["last"] = tenth
+            logger.info("  read %d/%d images", done, total)
+
+    return show
+
+
+if __name__ == "__main__":
+    run(sys.argv[1:])

@@ -1,0 +1,294 @@
+"""The joint objective L(θ) = Σ r¹² + Σ r²² + priors, minimised by scitbx Levenberg–Marquardt.
+
+Target (residuals and their analytic sparse Jacobian) and minimiser are separate,
+as in ``dials/algorithms/scaling``.  Within one outer cycle the per-reflection
+statistics (J, σ_J, M, σ_M) are fixed numbers; the parameters are
+
+    log G and B per scale node, log R0, log R1a per width node (and log R1b)
+
+Term 1 rows depend on (G, B, R0) only and Term 2 rows on R1 (and, for
+rotation, R0 through the φ moment) only: the Jacobian is block diagonal by
+construction, which is the point of the factorisation (seed §5).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scitbx import sparse
+from scitbx.array_family import flex
+from scitbx.lstbx import normal_eqns, normal_eqns_solving
+
+from dials_factored.model.partiality import rotation_sigma_z, stills_partiality
+from dials_factored.residuals.shape import truncation
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Layout:
+    """Where each parameter block lives in the parameter vector."""
+
+    n_nodes: int
+    n_width: int
+    anisotropic: bool
+
+    @property
+    def log_g(self):
+        return slice(0, self.n_nodes)
+
+    @property
+    def b(self):
+        return slice(self.n_nodes, 2 * self.n_nodes)
+
+    @property
+    def log_r0(self) -> int:
+        return 2 * self.n_nodes
+
+    @property
+    def log_r1a(self):
+        return slice(2 * self.n_nodes + 1, 2 * self.n_nodes + 1 + self.n_width)
+
+    @property
+    def log_r1b(self):
+        if not self.anisotropic:
+            return self.log_r1a
+        start = 2 * self.n_nodes + 1 + self.n_width
+        return slice(start, start + self.n_width)
+
+    @property
+    def size(self) -> int:
+        return 2 * self.n_nodes + 1 + self.n_width * (2 if self.anisotropic else 1)
+
+
+@dataclass
+class Priors:
+    """Prior widths (σ) of the Bayesian terms; see the PHIL help for their meaning."""
+
+    log_r0_mean: float
+    log_r0_sigma: float
+    b_sigma: float
+    smooth_log_g: float
+    smooth_b: float
+    smooth_log_r1: float
+
+
+@dataclass
+class Observations:
+    """Per-reflection numbers fixed during one minimisation (all numpy arrays)."""
+
+    j: np.ndarray
+    sigma_j: np.ndarray
+    i_ref: np.ndarray
+    attenuation: np.ndarray  # qe/lp
+    inv_4d2: np.ndarray  # 1/(4d²)
+    k0: np.ndarray
+    k1: np.ndarray
+    w: np.ndarray
+    use1: np.ndarray  # reflections in Term 1
+    stills: bool
+    eps: np.ndarray
+    rbw_sq: np.ndarray
+    # Term 2
+    use2: np.ndarray
+    m_a: np.ndarray
+    m_b: np.ndarray
+    sigma_a: np.ndarray
+    sigma_b: np.ndarray
+    area: np.ndarray
+    window_a: np.ndarray  # k²·R_w² along a (Å⁻²)
+    window_b: np.ndarray
+    b0: np.ndarray
+    b1: np.ndarray
+    u: np.ndarray
+    # rotation φ moment
+    use_z: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    m_z: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    sigma_mz: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    rate: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    osc: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    node_pairs: tuple = (np.zeros(0, int), np.zeros(0, int))
+    width_pairs: tuple = (np.zeros(0, int), np.zeros(0, int))
+
+
+class FactoredTarget:
+    """Residuals r¹, r², priors and their Jacobian for a parameter vector."""
+
+    def __init__(self, obs: Observations, layout: Layout, priors: Priors):
+        self.obs = obs
+        self.layout = layout
+        self.priors = priors
+
+    def scale_model(self, x: np.ndarray):
+        """J_model per reflection and its pieces (G·B_term, p, ∂log p/∂log R0)."""
+        o, lay = self.obs, self.layout
+        log_g = x[lay.log_g]
+        b = x[lay.b]
+        lg = (1 - o.w) * log_g[o.k0] + o.w * log_g[o.k1]
+        bb = (1 - o.w) * b[o.k0] + o.w * b[o.k1]
+        gb = np.exp(lg + bb * o.inv_4d2)
+        if o.stills:
+            p, dlogp = stills_partiality(o.eps, float(np.exp(x[lay.log_r0])), o.rbw_sq)
+        else:
+            p, dlogp = np.ones_like(gb), np.zeros_like(gb)
+        return gb * p * o.attenuation * o.i_ref, gb, p, dlogp
+
+    def widths(self, x: np.ndarray):
+        """R1a, R1b per reflection (Å⁻¹)."""
+        o, lay = self.obs, self.layout
+        la = x[lay.log_r1a]
+        lb = x[lay.log_r1b]
+        ra = np.exp((1 - o.u) * la[o.b0] + o.u * la[o.b1])
+        rb = np.exp((1 - o.u) * lb[o.b0] + o.u * lb[o.b1])
+        return ra, rb
+
+    def evaluate(self, x: np.ndarray, need_jacobian: bool = True):
+        o, lay, pri = self.obs, self.layout, self.priors
+        rows, cols, vals, res = [], [], [], []
+        n = 0
+
+        def add(r, entries):
+            nonlocal n
+            idx = np.arange(n, n + len(r))
+            res.append(r)
+            if need_jacobian:
+                for col, val in entries:
+                    col = np.broadcast_to(col, idx.shape)
+                    val = np.broadcast_to(val, idx.shape)
+                    nz = val != 0
+                    rows.append(idx[nz])
+                    cols.append(col[nz])
+                    vals.append(val[nz])
+            n += len(r)
+
+        # Term 1: intensity / scaling residuals
+        jm, _, _, dlogp = self.scale_model(x)
+        s = o.use1
+        sig = o.sigma_j[s]
+        r1 = (o.j[s] - jm[s]) / sig
+        dj = -jm[s] / sig
+        ent = [
+            (o.k0[s], dj * (1 - o.w[s])),
+            (o.k1[s], dj * o.w[s]),
+            (lay.n_nodes + o.k0[s], dj * (1 - o.w[s]) * o.inv_4d2[s]),
+            (lay.n_nodes + o.k1[s], dj * o.w[s] * o.inv_4d2[s]),
+        ]
+        if o.stills:
+            ent.append((lay.log_r0, dj * dlogp[s]))
+        add(r1, ent)
+
+        # Term 2: shape residuals along a and b
+        ra, rb = self.widths(x)
+        s = o.use2
+        for m_obs, sig_m, r, window, block in (
+            (o.m_a, o.sigma_a, ra, o.window_a, lay.log_r1a),
+            (o.m_b, o.sigma_b, rb, o.window_b, lay.log_r1b),
+        ):
+            reff2 = r[s] ** 2 + o.area[s] / 6.0
+            t = window[s] / reff2
+            g, dg = truncation(t)
+            model = 0.5 * reff2 * g
+            dmodel = (g - t * dg) * r[s] ** 2  # ∂M/∂ log R1 at the reflection
+            first = block.start
+            add((m_obs[s] - model) / sig_m[s], [
+                (first + o.b0[s], -dmodel * (1 - o.u[s]) / sig_m[s]),
+                (first + o.b1[s], -dmodel * o.u[s] / sig_m[s]),
+            ])
+
+        # Rotation: second moment along φ constrains R0
+        if not o.stills and o.use_z.any():
+            s = o.use_z
+            sz, dsz2 = rotation_sigma_z(float(np.exp(x[lay.log_r0])), o.rate[s], o.osc[s])
+            model = sz ** 2 + 1.0 / 12.0
+            add((o.m_z[s] - model) / o.sigma_mz[s], [(lay.log_r0, -dsz2 / o.sigma_mz[s])])
+
+        # Priors
+        add(np.array([(x[lay.log_r0] - pri.log_r0_mean) / pri.log_r0_sigma]),
+            [(lay.log_r0, 1.0 / pri.log_r0_sigma)])
+        add(x[lay.b] / pri.b_sigma, [(np.arange(lay.b.start, lay.b.stop), 1.0 / pri.b_sigma)])
+        a, b = o.node_pairs
+        if len(a):
+            add((x[lay.log_g][b] - x[lay.log_g][a]) / pri.smooth_log_g,
+                [(a, -1.0 / pri.smooth_log_g), (b, 1.0 / pri.smooth_log_g)])
+            add((x[lay.b][b] - x[lay.b][a]) / pri.smooth_b,
+                [(lay.n_nodes + a, -1.0 / pri.smooth_b), (lay.n_nodes + b, 1.0 / pri.smooth_b)])
+        a, b = o.width_pairs
+        for block in {lay.log_r1a.start, lay.log_r1b.start}:
+            if len(a):
+                add((x[block + b] - x[block + a]) / pri.smooth_log_r1,
+                    [(block + a, -1.0 / pri.smooth_log_r1), (block + b, 1.0 / pri.smooth_log_r1)])
+
+        r = np.concatenate(res)
+        if not need_jacobian:
+            return r, None
+        return r, (np.concatenate(rows), np.concatenate(cols), np.concatenate(vals))
+
+
+def sparse_matrix(n_rows: int, n_cols: int, rows, cols, vals):
+    """A scitbx sparse matrix from coordinate triplets (duplicates are summed)."""
+    key = cols.astype(np.int64) * n_rows + rows
+    uniq, inv = np.unique(key, return_inverse=True)
+    summed = np.bincount(inv, weights=vals)
+    ucols, urows = np.divmod(uniq, n_rows)
+    bounds = np.searchsorted(ucols, np.arange(n_cols + 1))
+    columns = [
+        dict(zip(urows[bounds[j]:bounds[j + 1]].tolist(), summed[bounds[j]:bounds[j + 1]].tolist()))
+        for j in range(n_cols)
+    ]
+    return sparse.matrix(n_rows, n_cols, columns)
+
+
+class LevMarAdapter(normal_eqns.non_linear_ls, normal_eqns.non_linear_ls_mixin):
+    """scitbx normal-equations object for a ``FactoredTarget``."""
+
+    def __init__(self, target: FactoredTarget, x0: np.ndarray):
+        super().__init__(n_parameters=len(x0))
+        self.target = target
+        self.x = flex.double(np.asarray(x0, dtype=float))
+        self.old_x = None
+
+    def parameter_vector_norm(self):
+        return self.x.norm()
+
+    def build_up(self, objective_only=False):
+        r, jac = self.target.evaluate(self.x.as_numpy_array(), need_jacobian=not objective_only)
+        self.reset()
+        weights = flex.double(len(r), 1.0)
+        if objective_only:
+            self.add_residuals(flex.double(r), weights)
+        else:
+            self.add_equations(flex.double(r), sparse_matrix(len(r), len(self.x), *jac), weights)
+
+    def step_forward(self):
+        self.old_x = self.x.deep_copy()
+        self.x += self.step()
+
+    def step_backward(self):
+        self.x = self.old_x
+
+
+def minimise(target: FactoredTarget, x0: np.ndarray, max_iterations: int = 30):
+    """Run scitbx Levenberg–Marquardt; returns (x, objective, iterations, covariance-ish).
+
+    The last value is the inverse of the final normal matrix (the parameter
+    covariance for residuals with unit variance), or None if singular.
+    """
+    problem = LevMarAdapter(target, x0)
+    start = 0.5 * float(np.sum(target.evaluate(np.asarray(x0, float), False)[0] ** 2))
+    it = normal_eqns_solving.levenberg_marquardt_iterations(
+        problem, n_max_iterations=max_iterations, gradient_threshold=1e-8, step_threshold=1e-8
+    )
+    x = problem.x.as_numpy_array()
+    r, jac = target.evaluate(x, need_jacobian=True)
+    end = 0.5 * float(np.sum(r ** 2))
+    logger.info("  Levenberg-Marquardt: %d iterations, objective %.6g -> %.6g",
+                it.n_iterations, start, end)
+    jm = coo_matrix((jac[2], (jac[0], jac[1])), shape=(len(r), len(x))).tocsr()
+    try:
+        cov = np.linalg.inv((jm.T @ jm).toarray())
+    except np.linalg.LinAlgError:
+        cov = None
+    return x, end, it.n_iterations, cov

@@ -1,0 +1,435 @@
+"""The factored integration: predict → pixels → moments → fit → (new R1, I_ref) → … → table.
+
+One direction of data flow (see README, "Architecture"): images are read once;
+every outer cycle recomputes the per-reflection statistics (J, σ_J, M₂) from the
+pixel store with the current profile width and model-expected weights, refreshes
+I_ref (bootstrap) and minimises the joint objective with scitbx LM.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from dials.array_family import flex
+
+from dials_factored import prediction, profile
+from dials_factored import reference as references
+from dials_factored.fit import FactoredTarget, Layout, Observations, Priors, minimise
+from dials_factored.merging import asu_groups, symmetry_of
+from dials_factored.model.partiality import bandwidth_sq, rotation_sigma_z, stills_partiality
+from dials_factored.model.scale import build_nodes
+from dials_factored.model.width import build_grid
+from dials_factored.residuals.intensity import outlier_pixels, profile_fit, summation
+from dials_factored.residuals.shape import observed_frame_moment, observed_moments
+from dials_factored.shoeboxes import Boxes, background, extract, pixel_area_eps
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Result:
+    """What the integration produced: the table, per-node parameters and diagnostics."""
+
+    table: object
+    parameters: dict
+    history: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+
+def _initial_r1(experiments, strong, area_median: float, default: float) -> float:
+    """R1 (Å⁻¹) from the spot finder's boxes: σ_px ≈ width/4, R1 = √2·σ_px·a."""
+    if strong is None or "bbox" not in strong or len(strong) == 0:
+        return default
+    x0, x1, y0, y1, _, _ = strong["bbox"].parts()
+    width = np.median(0.5 * (np.asarray(x1 - x0) + np.asarray(y1 - y0)))
+    return float(np.sqrt(2.0) * max(width, 2.0) / 4.0 * np.sqrt(area_median))
+
+
+def _initial_mosaicity(strong, zeta: np.ndarray, osc_deg: float, default_deg: float) -> float:
+    """Mosaic spread σ_m (rad) for rotation data from the spot finder's z extents."""
+    if strong is None or "bbox" not in strong or len(strong) == 0:
+        return np.radians(default_deg)
+    _, _, _, _, z0, z1 = strong["bbox"].parts()
+    extent = float(np.median(np.asarray(z1 - z0)))
+    sigma_z = max(extent, 1.0) / 4.0
+    return float(np.radians(sigma_z * osc_deg) * np.median(np.abs(zeta)))
+
+
+def run_factored(experiments, strong, params, progress=None) -> Result:
+    """Integrate and scale ``experiments``; ``strong`` is the indexed input table."""
+    t_start = time.time()
+    timings = {}
+    stills = prediction.is_stills(experiments)
+    symmetry = symmetry_of(experiments)
+    wavelength0 = np.array([e.beam.get_wavelength() for e in experiments])
+
+    # Initial widths from the data or the parameters
+    r1_default = params.profile.r1 or 0.002
+    if stills:
+        r0 = params.partiality.r0
+        if r0 is None:
+            sizes = [e.crystal.get_domain_size_ang() for e in experiments
+                     if hasattr(e.crystal, "get_domain_size_ang")]
+            sizes = [s for s in sizes if s and s > 0]
+            r0 = 1.0 / float(np.median(sizes)) if sizes else 0.002
+        max_rbw = bandwidth_sq(np.array([params.d_min or 1.0]), wavelength0.max(),
+                               params.beam.bandwidth)[0]
+        max_eps = params.prediction.excitation_cutoff * np.sqrt((2.0 * r0) ** 2 + max_rbw)
+    else:
+        max_eps = 0.0
+    table = prediction.predict(experiments, params.d_min, max_eps)
+    if len(table) == 0:
+        raise ValueError("no reflections are predicted on the detector for these experiments")
+    timings["predict"] = time.time() - t_start
+    logger.info("Predicted %d reflections on %d experiments (%s)", len(table),
+                len(experiments), "stills" if stills else "rotation")
+
+    ids = np.asarray(table["id"], dtype=int)
+    d = np.asarray(table["d"], dtype=float)
+    s1 = np.asarray(table["s1"], dtype=float).reshape(-1, 3)
+    xyz = np.asarray(table["xyzcal.px"], dtype=float).reshape(-1, 3)
+    panel_ids = np.asarray(table["panel"], dtype=int)
+    s0 = np.array([experiments[i].beam.get_s0() for i in range(len(experiments))])[ids]
+    s0_len = np.linalg.norm(s0, axis=1)
+    area = np.zeros(len(table))
+    for pid, panel in enumerate(experiments[0].detector):
+        sel = panel_ids == pid
+        if sel.any():
+            area[sel] = pixel_area_eps(panel, xyz[sel], s0_len[sel])
+    a = np.sqrt(area)
+
+    r1_init = params.profile.r1 or _initial_r1(experiments, strong, float(np.median(area)),
+                                                 r1_default)
+    half = np.ceil(params.profile.box_sigma * r1_init / a).astype(int) + 1
+    half = np.maximum(half, params.profile.min_box_half_width)
+    x0 = np.floor(xyz[:, 0]).astype(int) - half
+    y0 = np.floor(xyz[:, 1]).astype(int) - half
+    zc = xyz[:, 2]
+    if stills:
+        z0 = np.zeros(len(table), int)
+        z1 = np.ones(len(table), int)
+        zeta = np.zeros(len(table))
+        osc = np.zeros(len(table))
+        mosaic = None
+    else:
+        m2 = np.array([experiments[i].goniometer.get_rotation_axis() for i in
+                       range(len(experiments))])[ids]
+        e1 = np.cross(s1, s0)
+        e1 /= np.linalg.norm(e1, axis=1)[:, None]
+        zeta = np.einsum("ij,ij->i", m2, e1)
+        osc = np.array([e.scan.get_oscillation()[1] for e in experiments])[ids]
+        mosaic = (np.radians(params.profile.mosaicity) if params.profile.mosaicity
+                  else _initial_mosaicity(strong, zeta, float(np.median(osc)), 0.1))
+        r0 = mosaic
+        sz, _ = rotation_sigma_z(mosaic, np.abs(zeta), osc)
+        zhalf = np.ceil(np.maximum(params.profile.box_sigma * sz, 1.5)).astype(int)
+        z0 = np.floor(zc).astype(int) - zhalf
+        z1 = np.floor(zc).astype(int) + zhalf + 1
+        # keep reflections whose centre lies in the scan and that are not too close to the axis
+        ok = np.abs(zeta) > params.prediction.min_zeta
+        table, ids, d, s1, xyz, panel_ids, s0, area, a, x0, y0, z0, z1, zc, zeta, osc = (
+            _select(ok, table, ids, d, s1, xyz, panel_ids, s0, area, a, x0, y0, z0, z1, zc,
+                    zeta, osc))
+        half = half[ok]
+    boxes = Boxes(panel_ids, x0, x0 + 2 * half + 1, y0, y0 + 2 * half + 1, z0, z1)
+    logger.info("Initial profile width R1 = %.5f Å⁻¹; boxes of %d–%d px", r1_init,
+                int(2 * half.min() + 1), int(2 * half.max() + 1))
+
+    t = time.time()
+    pix = extract(experiments, table, boxes, progress=progress)
+    timings["extract"] = time.time() - t
+    logger.info("Read %d pixels for %d reflections in %.1f s", len(pix.counts), len(table),
+                timings["extract"])
+
+    # Fixed per-reflection quantities
+    lp = np.asarray(table["lp"], dtype=float)
+    qe = np.asarray(table["qe"], dtype=float)
+    attenuation = qe / lp
+    inv_4d2 = 1.0 / (4.0 * d ** 2)
+    eps = np.asarray(table["excitation_error"], dtype=float)
+    rbw_sq = bandwidth_sq(d, 1.0 / s0_len, params.beam.bandwidth) if stills else np.zeros(len(d))
+    asu, group = asu_groups(table["miller_index"], symmetry)
+    ext_ref = references.load(params.reference, symmetry, float(d.min()))
+    ref_values = ext_ref.intensities(asu) if ext_ref is not None else np.full(len(d), np.nan)
+    if ext_ref is not None:
+        logger.info("Reference %s covers %d of %d reflections", ext_ref.name,
+                    int(np.isfinite(ref_values).sum()), len(d))
+
+    nodes = build_nodes(experiments, ids, zc_to_phi(experiments, ids, zc), params.scale.block_width)
+    grid = build_grid(d, params.profile.n_resolution_bins)
+    layout = Layout(nodes.n_nodes, grid.n_bins, params.profile.anisotropic)
+    x = np.zeros(layout.size)
+    x[layout.log_r0] = np.log(r0)
+    x[layout.log_r1a] = np.log(r1_init)
+    x[layout.log_r1b] = np.log(r1_init)
+    priors = Priors(
+        log_r0_mean=np.log(r0),
+        log_r0_sigma=params.partiality.log_r0_prior_sigma,
+        b_sigma=params.scale.b_prior_sigma,
+        smooth_log_g=params.scale.smoothness.log_g,
+        smooth_b=params.scale.smoothness.b,
+        smooth_log_r1=params.profile.smoothness,
+    )
+    usable = pix.usable.copy()
+    j_expected = None
+    history = []
+    n_outliers = 0
+    for cycle in range(params.refinement.n_cycles):
+        t_cycle = time.time()
+        ra, rb = target_widths(x, layout, grid)
+        ra_eff, rb_eff = profile.effective_widths(ra, rb, area)
+        P = profile.tangential(pix, ra_eff, rb_eff, area)
+        if not stills:
+            sz, _ = rotation_sigma_z(float(np.exp(x[layout.log_r0])), np.abs(zeta), osc)
+            P = P * profile.frame_fraction(pix, zc, sz)
+        fg = profile.window(pix, ra_eff, rb_eff, params.profile.window_sigma)
+        bg, n_bg = background(pix, fg)
+        if j_expected is None:
+            j_sum, _, _, _ = summation(pix, fg, usable, bg, n_bg)
+            j_expected = np.maximum(j_sum, 0.0)
+            for _ in range(2):
+                j, var_j = profile_fit(pix, P, usable, bg, n_bg, j_expected)
+                j_expected = np.maximum(j, 0.0)
+        outliers = outlier_pixels(pix, P, usable, bg, np.maximum(j_expected, 0),
+                                  params.outliers.pixel_threshold)
+        n_new = int(outliers.sum())
+        usable &= ~outliers
+        n_outliers += n_new
+        j, var_j = profile_fit(pix, P, usable, bg, n_bg, j_expected)
+        sigma_j = np.sqrt(var_j)
+
+        # The scale per observation with the current parameters, and I_ref
+        obs_scale = _scale(x, layout, nodes, inv_4d2, eps, rbw_sq, stills) * attenuation
+        boot = references.bootstrap(group, j, var_j, obs_scale)
+        i_ref = np.where(np.isfinite(ref_values), ref_values, boot)
+        if ext_ref is not None and cycle == 0:
+            # put the external reference on the data's scale once (G then absorbs drift)
+            ok = np.isfinite(ref_values) & np.isfinite(boot) & (ref_values > 0)
+            k = np.sum(boot[ok] * ref_values[ok]) / np.sum(ref_values[ok] ** 2)
+            ref_values = ref_values * k
+            i_ref = np.where(np.isfinite(ref_values), ref_values, boot)
+
+        # Term 2 statistics in the window drawn with the current widths
+        j_model_now = obs_scale * i_ref
+        ma, mb, sa, sb, _ = observed_moments(pix, fg, usable, bg, P, j_model_now)
+        strong_now = (j / sigma_j > params.profile.min_i_over_sigma) & (j_model_now > 0)
+        use2 = strong_now & np.isfinite(sa) & np.isfinite(sb) & (sa > 0) & (sb > 0)
+        k2 = params.profile.window_sigma ** 2
+        obs = Observations(
+            j=j, sigma_j=sigma_j, i_ref=i_ref, attenuation=attenuation, inv_4d2=inv_4d2,
+            k0=nodes.k0, k1=nodes.k1, w=nodes.w,
+            use1=np.isfinite(j) & np.isfinite(sigma_j) & np.isfinite(i_ref) & (sigma_j > 0),
+            stills=stills, eps=eps, rbw_sq=rbw_sq,
+            use2=use2, m_a=ma, m_b=mb, sigma_a=sa, sigma_b=sb, area=area,
+            window_a=k2 * ra_eff ** 2, window_b=k2 * rb_eff ** 2,
+            b0=grid.b0, b1=grid.b1, u=grid.u,
+            node_pairs=nodes.neighbours(),
+            width_pairs=(np.arange(grid.n_bins - 1), np.arange(1, grid.n_bins)),
+        )
+        if not stills:
+            mz, smz = observed_frame_moment(pix, fg, usable, bg, P, j_model_now, zc)
+            obs.use_z = use2 & np.isfinite(smz) & (smz > 0)
+            obs.m_z, obs.sigma_mz, obs.rate, obs.osc = mz, smz, np.abs(zeta), osc
+        target = FactoredTarget(obs, layout, priors)
+        x_old = x.copy()
+        x, objective, n_iter, cov = minimise(target, x, params.refinement.max_iterations)
+        if ext_ref is None:
+            x = _fix_gauge(x, layout)
+        j_expected = np.maximum(
+            _scale(x, layout, nodes, inv_4d2, eps, rbw_sq, stills) * attenuation * i_ref, 0.0)
+        step = {
+            "cycle": cycle + 1,
+            "objective": objective,
+            "iterations": n_iter,
+            "n_term1": int(obs.use1.sum()),
+            "n_term2": int(use2.sum()),
+            "outlier_pixels": n_new,
+            "max_shift_log_g": float(np.max(np.abs(x[layout.log_g] - x_old[layout.log_g]))),
+            "max_shift_b": float(np.max(np.abs(x[layout.b] - x_old[layout.b]))),
+            "r0": float(np.exp(x[layout.log_r0])),
+            "r1": np.exp(x[layout.log_r1a]).tolist(),
+            "seconds": time.time() - t_cycle,
+        }
+        history.append(step)
+        logger.info(
+            "Cycle %d: objective %.5g (%d LM iterations), Term-1 %d, Term-2 %d reflections, "
+            "%d new outlier pixels, max |Δlog G| %.4f, max |ΔB| %.3f Å², %s %.5g, %.1f s",
+            step["cycle"], objective, n_iter, step["n_term1"], step["n_term2"], n_new,
+            step["max_shift_log_g"], step["max_shift_b"],
+            "R0" if stills else "mosaicity (rad)", step["r0"], step["seconds"])
+
+    # Final statistics with the fitted model
+    ra, rb = target_widths(x, layout, grid)
+    ra_eff, rb_eff = profile.effective_widths(ra, rb, area)
+    P = profile.tangential(pix, ra_eff, rb_eff, area)
+    recorded = np.ones(len(d))
+    if not stills:
+        sz, _ = rotation_sigma_z(float(np.exp(x[layout.log_r0])), np.abs(zeta), osc)
+        frac = profile.frame_fraction(pix, zc, sz)
+        P = P * frac
+        per_frame = (boxes.x1 - boxes.x0) * (boxes.y1 - boxes.y0)
+        recorded = pix.reduce(frac) / per_frame
+    fg = profile.window(pix, ra_eff, rb_eff, params.profile.window_sigma)
+    bg, n_bg = background(pix, fg)
+    j, var_j = profile_fit(pix, P, usable, bg, n_bg, j_expected)
+    j_sum, var_sum, n_fg, _ = summation(pix, fg, usable, bg, n_bg)
+    template_coverage = pix.reduce(np.where(usable, P, 0.0))
+    gb = _scale(x, layout, nodes, inv_4d2, np.zeros_like(eps), rbw_sq, stills)
+    p = (stills_partiality(eps, float(np.exp(x[layout.log_r0])), rbw_sq)[0] if stills
+         else recorded)
+    isf = gb * (p if stills else 1.0)
+    var_isf = _isf_variance(cov, layout, nodes, inv_4d2, isf)
+
+    over = pix.reduce((pix.overloaded & fg).astype(float)) > 0
+    centroid = _centroids(pix, fg & usable, bg, xyz, boxes)
+    out = _output_table(table, j, var_j, j_sum, var_sum, bg, n_fg, isf, var_isf, p, lp, qe,
+                        centroid, over, template_coverage, params, boxes)
+    timings["total"] = time.time() - t_start
+    parameters = _parameter_summary(x, layout, nodes, grid, stills, cov, experiments)
+    parameters["outlier_pixels"] = n_outliers
+    return Result(out, parameters, history, timings)
+
+
+def zc_to_phi(experiments, ids, zc):
+    """φ (deg) of each reflection from its frame coordinate (0 for stills)."""
+    phi = np.zeros(len(ids))
+    for i, expt in enumerate(experiments):
+        if expt.scan is None or expt.scan.get_oscillation()[1] == 0:
+            continue
+        sel = ids == i
+        phi[sel] = np.array([expt.scan.get_angle_from_array_index(float(z)) for z in zc[sel]])
+    return phi
+
+
+def target_widths(x, layout, grid):
+    la = x[layout.log_r1a]
+    lb = x[layout.log_r1b]
+    return np.exp(grid.interpolate(la)), np.exp(grid.interpolate(lb))
+
+
+def _scale(x, layout, nodes, inv_4d2, eps, rbw_sq, stills):
+    """G·exp(B/4d²)·p per observation (counts per unit intensity before lp, qe)."""
+    lg = nodes.interpolate(x[layout.log_g])
+    b = nodes.interpolate(x[layout.b])
+    s = np.exp(lg + b * inv_4d2)
+    if stills:
+        s = s * stills_partiality(eps, float(np.exp(x[layout.log_r0])), rbw_sq)[0]
+    return s
+
+
+def _fix_gauge(x, layout):
+    """Without an external reference, G·I_ref and B are only relative: mean log G = mean B = 0."""
+    x = x.copy()
+    x[layout.log_g] -= x[layout.log_g].mean()
+    x[layout.b] -= x[layout.b].mean()
+    return x
+
+
+def _isf_variance(cov, layout, nodes, inv_4d2, isf):
+    if cov is None:
+        return np.zeros_like(isf)
+    lg = np.arange(layout.log_g.start, layout.log_g.stop)
+    bb = np.arange(layout.b.start, layout.b.stop)
+    var = np.zeros_like(isf)
+    for wk, k in ((1 - nodes.w, nodes.k0), (nodes.w, nodes.k1)):
+        var += wk ** 2 * (cov[lg[k], lg[k]] + inv_4d2 ** 2 * cov[bb[k], bb[k]]
+                          + 2 * inv_4d2 * cov[lg[k], bb[k]])
+    return isf ** 2 * np.maximum(var, 0.0)
+
+
+def _centroids(pix, use, bg, xyz, boxes):
+    """Background-subtracted centroid (px, px, frame) of the foreground; prediction if empty."""
+    o = pix.owner
+    dval = np.where(use, np.maximum(pix.counts - bg[o], 0.0), 0.0)
+    s = pix.reduce(dval)
+    nx = (boxes.x1 - boxes.x0)[o]
+    ny = (boxes.y1 - boxes.y0)[o]
+    k = np.arange(len(o)) - pix.start[o]
+    k2 = k % (nx * ny)
+    px = boxes.x0[o] + k2 % nx + 0.5
+    py = boxes.y0[o] + k2 // nx + 0.5
+    pz = pix.frame + 0.5
+    out = xyz.copy()
+    ok = s > 0
+    for c, v in enumerate((px, py, pz)):
+        out[ok, c] = pix.reduce(dval * v)[ok] / s[ok]
+    return out
+
+
+def _output_table(table, j, var_j, j_sum, var_sum, bg, n_fg, isf, var_isf, p, lp, qe,
+                  centroid, overloaded, coverage, params, boxes):
+    """DIALS columns and flags (see README, "Output")."""
+    t = table
+    t["intensity.prf.value"] = flex.double(j)
+    t["intensity.prf.variance"] = flex.double(var_j)
+    t["intensity.sum.value"] = flex.double(j_sum)
+    t["intensity.sum.variance"] = flex.double(var_sum)
+    corr = lp / qe
+    t["intensity.scale.value"] = flex.double(j * corr)
+    t["intensity.scale.variance"] = flex.double(var_j * corr ** 2)
+    t["inverse_scale_factor"] = flex.double(isf)
+    t["inverse_scale_factor_variance"] = flex.double(var_isf)
+    t["partiality"] = flex.double(p)
+    t["background.mean"] = flex.double(bg)
+    t["num_pixels.foreground"] = flex.int(n_fg.astype(int))
+    t["profile.coverage"] = flex.double(coverage)
+    t["xyzobs.px.value"] = flex.vec3_double(centroid)
+    t["xyzobs.px.variance"] = flex.vec3_double(len(t), (0.25, 0.25, 0.25))
+    t["bbox"] = boxes.as_bbox()
+    good = (np.isfinite(j) & np.isfinite(var_j) & (var_j > 0) & (isf > 0)
+            & (coverage >= params.output.min_profile_coverage))
+    scaling_ok = good & (~overloaded) & (p >= params.output.min_partiality)
+    t.set_flags(flex.bool(good.tolist()), t.flags.integrated_prf)
+    t.set_flags(flex.bool((good & (var_sum > 0)).tolist()), t.flags.integrated_sum)
+    t.set_flags(flex.bool(scaling_ok.tolist()), t.flags.scaled)
+    t.set_flags(flex.bool((~scaling_ok).tolist()), t.flags.bad_for_scaling)
+    t.set_flags(flex.bool(overloaded.tolist()), t.flags.overloaded)
+    keep = np.isfinite(j) & np.isfinite(var_j) & (var_j > 0)
+    # variances must be positive for dials.export; drop what cannot be measured at all
+    out = t.select(flex.bool(keep.tolist()))
+    bad = out["intensity.sum.variance"] <= 0
+    out["intensity.sum.variance"].set_selected(bad, 1.0)
+    return out
+
+
+def _select(mask, *arrays):
+    out = []
+    for arr in arrays:
+        if isinstance(arr, np.ndarray):
+            out.append(arr[mask])
+        else:
+            out.append(arr.select(flex.bool(mask.tolist())))
+    return out
+
+
+def _parameter_summary(x, layout, nodes, grid, stills, cov, experiments):
+    g = np.exp(x[layout.log_g])
+    b = x[layout.b]
+    summary = {
+        "kind": "stills" if stills else "rotation",
+        "nodes": [
+            {"experiment": int(e), "identifier": experiments[int(e)].identifier,
+             "phi": float(ph), "G": float(gi), "B": float(bi)}
+            for e, ph, gi, bi in zip(nodes.node_experiment, nodes.node_phi, g, b)
+        ],
+        "r1_nodes_inv_d2": grid.s2_nodes.tolist(),
+        "r1_a": np.exp(x[layout.log_r1a]).tolist(),
+        "r1_b": np.exp(x[layout.log_r1b]).tolist(),
+    }
+    if stills:
+        summary["r0"] = float(np.exp(x[layout.log_r0]))
+    else:
+        summary["mosaicity_deg"] = float(np.degrees(np.exp(x[layout.log_r0])))
+    if cov is not None:
+        idx = [layout.log_g.start, layout.b.start, layout.log_r1a.start, layout.log_r0]
+        sub = cov[np.ix_(idx, idx)]
+        sd = np.sqrt(np.maximum(np.diag(sub), 1e-300))
+        summary["correlation"] = {
+            "parameters": ["log G (first node)", "B (first node)", "log R1 (first bin)",
+                           "log R0" if stills else "log mosaicity"],
+            "matrix": (sub / np.outer(sd, sd)).tolist(),
+        }
+    return summary

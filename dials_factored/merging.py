@@ -1,0 +1,39 @@
+"""Symmetry-aware grouping and inverse-variance merging, vectorised with numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+from cctbx import crystal, miller
+from dials.array_family import flex
+
+
+def symmetry_of(experiments) -> crystal.symmetry:
+    """The crystal symmetry shared by all experiments (error if space groups differ)."""
+    groups = {e.crystal.get_space_group().type().lookup_symbol() for e in experiments}
+    if len(groups) != 1:
+        raise ValueError(f"experiments have different space groups: {sorted(groups)}")
+    first = experiments[0].crystal
+    return crystal.symmetry(unit_cell=first.get_unit_cell(), space_group=first.get_space_group())
+
+
+def asu_groups(indices, symmetry: crystal.symmetry, anomalous: bool = False):
+    """Map Miller indices to the asymmetric unit; return (asu indices, group id per row).
+
+    Group ids number the distinct asymmetric-unit reflections 0..n_unique-1.
+    """
+    ms = miller.set(symmetry, flex.miller_index(indices), anomalous_flag=anomalous).map_to_asu()
+    asu = np.asarray(ms.indices().as_vec3_double(), dtype=np.int64)
+    key = (asu[:, 0] + 512) * 1024 * 1024 + (asu[:, 1] + 512) * 1024 + (asu[:, 2] + 512)
+    _, group = np.unique(key, return_inverse=True)
+    return ms.indices(), group
+
+
+def weighted_mean(group: np.ndarray, values: np.ndarray, variances: np.ndarray):
+    """Inverse-variance mean per group and its variance (inf where no data)."""
+    n = int(group.max()) + 1 if len(group) else 0
+    w = np.where(np.isfinite(variances) & (variances > 0), 1.0 / variances, 0.0)
+    sw = np.bincount(group, weights=w, minlength=n)
+    swx = np.bincount(group, weights=w * values, minlength=n)
+    mean = np.where(sw > 0, swx / np.where(sw > 0, sw, 1.0), np.nan)
+    var = np.where(sw > 0, 1.0 / np.where(sw > 0, sw, 1.0), np.inf)
+    return mean, var

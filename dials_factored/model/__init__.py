@@ -1,0 +1,1 @@
+"""Parameterisations of the factored model: scale chain, profile width, partiality."""

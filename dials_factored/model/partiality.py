@@ -1,0 +1,37 @@
+"""Partiality from the radial width R0 (Å⁻¹) of the reciprocal-lattice point (seed §0, §4).
+
+Stills:  p = exp(−ε_r²/R0_eff²),  R0_eff² = R0² + R_bw²,  R_bw² = (bλ)²/(2d⁴)
+
+with ε_r the excitation error (Å⁻¹) and b the relative rms bandwidth of the
+beam (a known constant: a Gaussian spectrum of rms bλ moves the Ewald sphere by
+bλ/(2d²) at resolution d).  Rotation: R0 sets the spread in φ of each
+reflection, σ_φ = R0_eff/(√2 |dε_r/dφ|) (see ``profile``).  R0 is one global
+parameter per run, fitted as log R0 under a log-normal prior.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def bandwidth_sq(d: np.ndarray, wavelength: np.ndarray, bandwidth: float) -> np.ndarray:
+    """R_bw² (Å⁻²) for a relative rms bandwidth."""
+    return (bandwidth * wavelength) ** 2 / (2.0 * d ** 4)
+
+
+def stills_partiality(eps: np.ndarray, r0: float, rbw_sq: np.ndarray):
+    """p and ∂ log p/∂ log R0 per reflection."""
+    r0_eff_sq = r0 ** 2 + rbw_sq
+    p = np.exp(-(eps ** 2) / r0_eff_sq)
+    dlogp = 2.0 * eps ** 2 * r0 ** 2 / r0_eff_sq ** 2
+    return p, dlogp
+
+
+def rotation_sigma_z(r0: float, rate: np.ndarray, osc_deg: np.ndarray):
+    """σ_z (frames) and ∂σ_z²/∂ log R0 for rotation reflections.
+
+    ``rate`` = |dε_r/dφ| (Å⁻¹ per radian), ``osc_deg`` the frame width in degrees.
+    """
+    sigma_phi = r0 / (np.sqrt(2.0) * np.maximum(rate, 1e-6))
+    sz = sigma_phi / np.radians(osc_deg)
+    return sz, 2.0 * sz ** 2

@@ -1,0 +1,57 @@
+"""The profile template P_p of the factored model (seed §0), per pixel.
+
+Tangential profile: the reflection's photons leave the crystal around ŝ1 with a
+Gaussian spread of width R1 (Å⁻¹, measured on the Ewald sphere),
+
+    P_tang(ε_t) = A / (π Ra Rb) · exp(−ε1²/Ra² − ε2²/Rb²)
+
+normalised to 1 over the whole plane, A the pixel area on the Ewald sphere
+(Å⁻², so Σ_p P_p → 1 for a box that holds the spot).  Ra (circumferential)
+equals Rb (radial) unless the anisotropic option is on.  Sampling the profile
+at pixel centres adds the pixel's own variance a²/12 per direction (a = √A),
+so the widths used are R_eff² = R1² + a²/6.
+
+Rotation data add the rotation direction: a reciprocal-lattice point smeared
+radially as exp(−ε_r²/R0²) crosses the Ewald sphere at the rate
+|dε_r/dφ| = |ŝ1·(m2 × q)| (Å⁻¹/rad), so its photons are spread in φ as a
+Gaussian of σ_φ = R0/(√2 |dε_r/dφ|).  The fraction recorded on frame f
+(covering [f, f+1) in frame units, φ-centre z_c) is
+
+    F_f = Φ((f + 1 − z_c)/σ_z) − Φ((f − z_c)/σ_z),   σ_z = σ_φ/Δφ
+
+and P_p = P_tang · F_f, so Σ over all frames is 1 and J estimates the full
+reflection even when the box or the scan cuts it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import ndtr
+
+
+def effective_widths(r1a: np.ndarray, r1b: np.ndarray, area: np.ndarray):
+    """R_eff (Å⁻¹) per reflection along e1 and e2, including pixel sampling."""
+    extra = area / 6.0
+    return np.sqrt(r1a ** 2 + extra), np.sqrt(r1b ** 2 + extra)
+
+
+def tangential(pix, ra_eff: np.ndarray, rb_eff: np.ndarray, area: np.ndarray) -> np.ndarray:
+    """P_tang at every pixel (fraction of the reflection's photons in that pixel)."""
+    o = pix.owner
+    ra, rb = ra_eff[o], rb_eff[o]
+    arg = (pix.e1 / ra) ** 2 + (pix.e2 / rb) ** 2
+    return (area[o] / (np.pi * ra * rb)) * np.exp(-arg)
+
+
+def frame_fraction(pix, z_centre: np.ndarray, sigma_z: np.ndarray) -> np.ndarray:
+    """F_f: fraction of a rotation reflection's photons on each pixel's frame."""
+    o = pix.owner
+    s = sigma_z[o]
+    lo = (pix.frame - z_centre[o]) / s
+    return ndtr(lo + 1.0 / s) - ndtr(lo)
+
+
+def window(pix, ra_eff: np.ndarray, rb_eff: np.ndarray, k: float) -> np.ndarray:
+    """Foreground: pixels inside the ellipse ε1²/Ra² + ε2²/Rb² < k²."""
+    o = pix.owner
+    return (pix.e1 / ra_eff[o]) ** 2 + (pix.e2 / rb_eff[o]) ** 2 < k * k

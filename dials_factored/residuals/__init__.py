@@ -1,0 +1,1 @@
+"""The per-reflection statistics of the factored likelihood and their residuals."""
