@@ -25,7 +25,7 @@ from scitbx.lstbx import normal_eqns, normal_eqns_solving
 from dials_factored.model.partiality import rotation_sigma_z, stills_partiality
 from dials_factored.residuals.shape import truncation
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger(f"dials.{__name__}")
 
 
 @dataclass

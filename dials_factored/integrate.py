@@ -26,7 +26,7 @@ from dials_factored.residuals.intensity import outlier_pixels, profile_fit, summ
 from dials_factored.residuals.shape import observed_frame_moment, observed_moments
 from dials_factored.shoeboxes import Boxes, background, extract, pixel_area_eps
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger(f"dials.{__name__}")
 
 
 @dataclass
@@ -37,6 +37,7 @@ class Result:
     parameters: dict
     history: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    diagnostics: dict = field(default_factory=dict)
 
 
 def _initial_r1(experiments, strong, area_median: float, default: float) -> float:
@@ -139,7 +140,7 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
                 int(2 * half.min() + 1), int(2 * half.max() + 1))
 
     t = time.time()
-    pix = extract(experiments, table, boxes, progress=progress)
+    pix = extract(experiments, table, boxes, gain=params.detector.gain, progress=progress)
     timings["extract"] = time.time() - t
     logger.info("Read %d pixels for %d reflections in %.1f s", len(pix.counts), len(table),
                 timings["extract"])
@@ -174,6 +175,7 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         smooth_log_r1=params.profile.smoothness,
     )
     usable = pix.usable.copy()
+    outlier_mask = np.zeros(len(usable), bool)
     j_expected = None
     history = []
     n_outliers = 0
@@ -193,10 +195,12 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
             for _ in range(2):
                 j, var_j = profile_fit(pix, P, usable, bg, n_bg, j_expected)
                 j_expected = np.maximum(j, 0.0)
-        outliers = outlier_pixels(pix, P, usable, bg, np.maximum(j_expected, 0),
+        j_obs, _ = profile_fit(pix, P, usable, bg, n_bg, j_expected)
+        outliers = outlier_pixels(pix, P, usable, bg, np.maximum(j_expected, j_obs),
                                   params.outliers.pixel_threshold)
         n_new = int(outliers.sum())
         usable &= ~outliers
+        outlier_mask |= outliers
         n_outliers += n_new
         j, var_j = profile_fit(pix, P, usable, bg, n_bg, j_expected)
         sigma_j = np.sqrt(var_j)
@@ -206,9 +210,12 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         boot = references.bootstrap(group, j, var_j, obs_scale)
         i_ref = np.where(np.isfinite(ref_values), ref_values, boot)
         if ext_ref is not None and cycle == 0:
-            # put the external reference on the data's scale once (G then absorbs drift)
-            ok = np.isfinite(ref_values) & np.isfinite(boot) & (ref_values > 0)
-            k = np.sum(boot[ok] * ref_values[ok]) / np.sum(ref_values[ok] ** 2)
+            # put the external reference on the data's scale once (G then absorbs drift):
+            # the weighted least-squares k of J ≈ k · scale · I_ref
+            m = obs_scale * ref_values
+            ok = np.isfinite(m) & np.isfinite(var_j) & (var_j > 0)
+            k = np.sum(j[ok] * m[ok] / var_j[ok]) / np.sum(m[ok] ** 2 / var_j[ok])
+            logger.info("Reference put on the data's scale with factor %.4g", k)
             ref_values = ref_values * k
             i_ref = np.where(np.isfinite(ref_values), ref_values, boot)
 
@@ -290,7 +297,14 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
     timings["total"] = time.time() - t_start
     parameters = _parameter_summary(x, layout, nodes, grid, stills, cov, experiments)
     parameters["outlier_pixels"] = n_outliers
-    return Result(out, parameters, history, timings)
+    j_model = _scale(x, layout, nodes, inv_4d2, eps, rbw_sq, stills) * attenuation * i_ref
+    image = ids[pix.owner] if stills else pix.frame
+    diagnostics = {
+        "z_term1": (j - j_model) / np.sqrt(var_j),
+        "outliers_per_image": np.bincount(image[outlier_mask],
+                                          minlength=int(image.max()) + 1 if len(image) else 0),
+    }
+    return Result(out, parameters, history, timings, diagnostics)
 
 
 def zc_to_phi(experiments, ids, zc):

@@ -21,7 +21,7 @@ import numpy as np
 from dials.algorithms.spot_prediction import IndexGenerator, ray_intersection
 from dials.array_family import flex
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger(f"dials.{__name__}")
 
 
 def is_stills(experiments) -> bool:

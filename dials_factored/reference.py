@@ -17,7 +17,7 @@ from dials.array_family import flex
 
 from dials_factored.merging import weighted_mean
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger(f"dials.{__name__}")
 
 
 class ReferenceError_(ValueError):

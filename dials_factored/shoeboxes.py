@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from dials.array_family import flex
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger(f"dials.{__name__}")
 
 
 @dataclass
@@ -129,13 +129,14 @@ def _box_pixels(boxes: Boxes, sel: np.ndarray, frame_offset: np.ndarray | None):
     return sel[local_ref], x, y, k + layer
 
 
-def extract(experiments, table, boxes: Boxes, progress=None) -> Pixels:
+def extract(experiments, table, boxes: Boxes, gain: float = 1.0, progress=None) -> Pixels:
     """Read every image once and cut all boxes into a flat pixel store.
 
     Images are read one at a time, so memory holds one image plus the pixel
     store.  Pixels outside the panel or flagged by the image mask (which
     includes the detector's trusted range) are not usable; so are pixels at or
-    above the trusted maximum (overloads, also flagged separately).
+    above the trusted maximum (overloads, also flagged separately).  Counts are
+    divided by ``gain`` (counts per photon) so that they are photons.
     """
     n_refl = len(table)
     npix = boxes.n_pixels.astype(np.int64)
@@ -173,7 +174,7 @@ def extract(experiments, table, boxes: Boxes, progress=None) -> Pixels:
             value = image[yi, xi].astype(np.float32)
             trusted_max = panel.get_trusted_range()[1]
             is_over = inside & (value >= trusted_max)
-            counts[dest] = np.where(inside, value, 0)
+            counts[dest] = np.where(inside, value / gain, 0)
             usable[dest] = inside & pmask[yi, xi] & ~is_over & np.isfinite(value)
             over[dest] = is_over
             dirs = pixel_directions(panel, xi, yi)

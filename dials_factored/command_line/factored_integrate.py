@@ -40,6 +40,12 @@ d_min = None
 nproc = 1
   .type = int(value_min=1)
   .help = "Number of processes."
+detector {
+  gain = 1.0
+    .type = float(value_min=0)
+    .help = "Detector gain (counts per photon); pixel values are divided by it so"
+            "that the Poisson model holds (e.g. 25 for a CSPAD in ADU)."
+}
 beam {
   bandwidth = 0.0
     .type = float(value_min=0)
@@ -146,6 +152,9 @@ output {
     .help = "Fitted G, B per node, R1(d), R0 and the history of the fit."
   log = dials.factored_integrate.log
     .type = path
+  html = dials.factored_integrate.html
+    .type = path
+    .help = "HTML report with plots (offline; None to skip)."
   min_partiality = 0.05
     .type = float(value_min=0)
     .help = "Observations with a lower fitted partiality are flagged bad_for_scaling."
@@ -207,12 +216,55 @@ def run(args: list[str] | None = None, phil=phil_scope) -> None:
     except ValueError as e:
         raise Sorry(str(e)) from e
     logger.info("Integrated %d reflections in %.1f s", len(result.table), time.time() - start)
+    shells = _log_statistics(result, experiments)
     output.write_reflections(result.table, params.output.reflections)
     output.write_experiments(experiments, params.output.experiments)
     output.write_json({"parameters": result.parameters, "history": result.history,
                        "timings": result.timings}, params.output.parameters)
     logger.info("Saved %s, %s and %s", params.output.reflections, params.output.experiments,
                 params.output.parameters)
+    if params.output.html:
+        from dials_factored.report import render
+
+        output.write_text(render(result, shells), params.output.html)
+        logger.info("Saved the report %s", params.output.html)
+
+
+def _log_statistics(result, experiments):
+    """Log the fitted parameters and CC½, ⟨I/σ⟩ by shell; return the shell rows."""
+    import numpy as np
+
+    from dials_factored.merging import asu_groups, symmetry_of
+    from dials_factored.statistics import format_shells, merging_statistics
+
+    p = result.parameters
+    g = np.array([n["G"] for n in p["nodes"]])
+    b = np.array([n["B"] for n in p["nodes"]])
+    logger.info("Fitted G: median %.3f, range %.3f-%.3f; B: mean %.2f, sd %.2f Å²",
+                np.median(g), g.min(), g.max(), b.mean(), b.std())
+    logger.info("Fitted R1(d) nodes (Å⁻¹): %s", " ".join(f"{r:.5f}" for r in p["r1_a"]))
+    if "r0" in p:
+        logger.info("Fitted R0 = %.5f Å⁻¹", p["r0"])
+    else:
+        logger.info("Fitted mosaicity = %.4f°", p["mosaicity_deg"])
+    logger.info("Outlier pixels masked (hot pixels, zingers): %d", p["outlier_pixels"])
+    if "correlation" in p:
+        names = p["correlation"]["parameters"]
+        logger.info("Parameter correlations (%s):", ", ".join(names))
+        for name, row in zip(names, p["correlation"]["matrix"]):
+            logger.info("  %-20s %s", name, " ".join(f"{v:+.3f}" for v in row))
+    t = result.table
+    sel = t.get_flags(t.flags.scaled)
+    t = t.select(sel)
+    if len(t) == 0:
+        return []
+    _, group = asu_groups(t["miller_index"], symmetry_of(experiments))
+    isf = np.asarray(t["inverse_scale_factor"])
+    values = np.asarray(t["intensity.scale.value"]) / isf
+    variances = np.asarray(t["intensity.scale.variance"]) / isf ** 2
+    shells = merging_statistics(group, np.asarray(t["d"]), values, variances)
+    logger.info("Merging statistics of the scaled output:\n%s", format_shells(shells))
+    return shells
 
 
 def _progress_printer():

@@ -52,7 +52,7 @@ def outlier_pixels(pix, P, usable, bg, j_expected, threshold: float,
 
     A pixel is an outlier when its excess over the model, I − Bg − Ĵ·P, is
     both more than ``threshold`` × √(Bg + Ĵ·P) and more than ``peak_factor``
-    times the model's own peak count Ĵ·max(P) (Ĵ = max(J_expected, 0)).  The
+    times the model's own peak count Ĵ·max(P); callers pass Ĵ = max(J_model, J_observed).  The
     second condition keeps the peak pixels of real spots that are merely
     sharper than the Gaussian template; a zinger or hot pixel on background or
     in a weak spot fails both.

@@ -1,0 +1,333 @@
+"""Run the standard DIALS programs (and ours) as subprocesses, and the pipelines built on them.
+
+Every program runs as ``[sys.executable, <script>, args...]`` so that it uses the same
+interpreter as the caller (the project venv, which sees Debian's DIALS, carries the libtbx
+environment and the ``xfel_mono_sim_ext`` stand-in that stills indexing imports).  Its
+stdout and stderr go to ``<log_dir>/<program>.out``; wall time and the peak resident memory
+of the whole process tree (sampled with psutil, so ``nproc`` workers count) are recorded.
+
+A program fails loudly: a non-zero exit, or a zero exit without an expected output file
+(DIALS sometimes exits 0 after an error), raises a one-line :class:`RuntimeError` naming the
+program, the exit code and the last lines of its log.
+
+Pipelines (each returns a :class:`Stage`: output paths plus the runs with their timings):
+
+* :func:`index_stills`: dials.import → dials.find_spots → dials.ssx_index
+* :func:`index_rotation`: dials.import → dials.find_spots → dials.index → dials.refine
+* :func:`dials_route_stills`: dials.ssx_integrate algorithm=stills → dials.scale → dials.merge
+* :func:`dials_route_rotation`: dials.integrate → dials.scale → dials.merge
+* :func:`factored_route`: dials.factored_integrate → dials.merge → dials.export
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+#: How often the memory of a running program's process tree is sampled (seconds).
+RSS_SAMPLE_INTERVAL = 0.1
+#: Lines of the log quoted in the error message of a failed program.
+ERROR_TAIL_LINES = 3
+
+#: dials.integrate stops on a small wedge ("too few spots for profile modelling") unless
+#: these are lowered; with enough strong spots they change nothing.
+ROTATION_INTEGRATE_ARGS = (
+    "profile.gaussian_rs.min_spots.overall=0",
+    "profile.gaussian_rs.min_spots.per_degree=0",
+)
+#: dials.merge's HTML report runs xtriage, which crashes on very small data sets
+#: ("mean() argument is an empty array") and makes dials.merge exit 1 after writing the
+#: MTZ; the report is not needed for scoring.
+MERGE_ARGS = ("output.html=None",)
+
+
+class ProgramRun(subprocess.CompletedProcess):
+    """A finished program: ``subprocess.CompletedProcess`` plus log path, time and memory.
+
+    ``stdout`` is ``None``: the output is in ``log_path``.
+    """
+
+    def __init__(self, args, returncode, name: str, log_path: Path, wall_time: float,
+                 peak_rss_mb: float):
+        super().__init__(args, returncode)
+        self.name = name
+        self.log_path = log_path
+        self.wall_time = wall_time
+        self.peak_rss_mb = peak_rss_mb
+
+    def as_dict(self) -> dict:
+        """Timing summary for JSON reports."""
+        return {"program": self.name, "wall_s": round(self.wall_time, 2),
+                "peak_rss_mb": round(self.peak_rss_mb, 1), "log": str(self.log_path)}
+
+
+@dataclass
+class Stage:
+    """The result of a pipeline: its working directory, named output files and the runs."""
+
+    workdir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    runs: list[ProgramRun] = field(default_factory=list)
+
+    @property
+    def wall_time(self) -> float:
+        """Total wall time of the stage's programs (seconds)."""
+        return sum(r.wall_time for r in self.runs)
+
+    @property
+    def peak_rss_mb(self) -> float:
+        """Largest peak memory of any of the stage's programs (MB)."""
+        return max((r.peak_rss_mb for r in self.runs), default=0.0)
+
+    def timings(self) -> list[dict]:
+        """One timing summary per program run."""
+        return [r.as_dict() for r in self.runs]
+
+    def add(self, run: ProgramRun) -> ProgramRun:
+        """Record a run and return it."""
+        self.runs.append(run)
+        return run
+
+
+def program_path(name: str) -> str:
+    """The console script of a DIALS program: next to the interpreter, on PATH, or /usr/bin."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    return shutil.which(name) or f"/usr/bin/{name}"
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    """Resident memory (bytes) of a process and all its descendants; 0 once gone."""
+    total = 0
+    try:
+        members = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for p in members:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def _sample_peak_rss(pid: int, done: threading.Event, peak: list[int]) -> None:
+    """Sample the tree's memory until ``done`` is set, keeping the maximum in ``peak[0]``."""
+    try:
+        proc = psutil.Process(pid)
+    except psutil.Error:
+        return
+    while not done.is_set():
+        peak[0] = max(peak[0], _tree_rss(proc))
+        done.wait(RSS_SAMPLE_INTERVAL)
+
+
+def _tail(path: Path, n: int = ERROR_TAIL_LINES) -> str:
+    """The last ``n`` non-empty lines of a log, joined into one line."""
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
+    except OSError:
+        return "(no log)"
+    return " | ".join([ln for ln in lines if ln][-n:]) or "(empty log)"
+
+
+def run_program(name: str, args: Sequence[str], cwd: str | os.PathLike,
+                log_dir: str | os.PathLike | None = None,
+                expect: Sequence[str] = (), timeout: float | None = None) -> ProgramRun:
+    """Run DIALS program ``name`` (e.g. ``"dials.import"``) with ``args`` in ``cwd``.
+
+    stdout+stderr go to ``<log_dir or cwd>/<name>.out``.  ``expect`` lists output files
+    (relative to ``cwd``) that must exist afterwards.  Raises ``RuntimeError`` on a non-zero
+    exit, a missing expected output or a timeout (the process tree is then killed).
+    """
+    cwd = Path(cwd)
+    log_path = Path(log_dir or cwd) / f"{name}.out"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, program_path(name), *map(str, args)]
+    done, peak = threading.Event(), [0]
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        sampler = threading.Thread(target=_sample_peak_rss, args=(proc.pid, done, peak),
+                                   daemon=True)
+        sampler.start()
+        try:
+            returncode = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_tree(proc)
+            raise RuntimeError(f"{name} timed out after {timeout:.0f} s in {cwd}; "
+                               f"last log lines: {_tail(log_path)} (log: {log_path})") from None
+        finally:
+            done.set()
+            sampler.join()
+    run = ProgramRun(cmd, returncode, name, log_path, time.perf_counter() - start,
+                     peak[0] / 2**20)
+    if returncode != 0:
+        raise RuntimeError(f"{name} failed with exit code {returncode} in {cwd}; "
+                           f"last log lines: {_tail(log_path)} (log: {log_path})")
+    missing = [f for f in expect if not (cwd / f).is_file()]
+    if missing:
+        raise RuntimeError(f"{name} exited 0 but did not write {', '.join(missing)} in {cwd}; "
+                           f"last log lines: {_tail(log_path)} (log: {log_path})")
+    return run
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """Kill a program we started and all of its children."""
+    try:
+        members = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        members = []
+    for p in members:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    proc.kill()
+    proc.wait()
+
+
+def _workdir(path: str | os.PathLike) -> Path:
+    path = Path(path).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _import_and_find_spots(stage: Stage, images: Sequence[str | os.PathLike], nproc: int,
+                           find_spots_args: Sequence[str]) -> None:
+    wd = stage.workdir
+    stage.add(run_program("dials.import", [str(Path(i).resolve()) for i in images], wd,
+                          expect=["imported.expt"]))
+    stage.add(run_program("dials.find_spots", ["imported.expt", f"nproc={nproc}",
+                                               *find_spots_args], wd, expect=["strong.refl"]))
+    stage.files.update(imported=wd / "imported.expt", strong=wd / "strong.refl")
+
+
+def _symmetry_args(space_group: str | None, unit_cell: Sequence[float] | None) -> list[str]:
+    args = []
+    if space_group:
+        args.append(f"space_group={space_group.replace(' ', '')}")
+    if unit_cell:
+        args.append("unit_cell=" + ",".join(f"{x:g}" for x in unit_cell))
+    return args
+
+
+def index_stills(images: Sequence[str | os.PathLike], workdir: str | os.PathLike,
+                 space_group: str, unit_cell: Sequence[float], nproc: int = 2,
+                 find_spots_args: Sequence[str] = (),
+                 index_args: Sequence[str] = ()) -> Stage:
+    """dials.import → dials.find_spots → dials.ssx_index; files ``expt``/``refl`` = indexed."""
+    stage = Stage(_workdir(workdir))
+    _import_and_find_spots(stage, images, nproc, find_spots_args)
+    stage.add(run_program("dials.ssx_index",
+                          ["imported.expt", "strong.refl", *_symmetry_args(space_group, unit_cell),
+                           f"nproc={nproc}", *index_args],
+                          stage.workdir, expect=["indexed.expt", "indexed.refl"]))
+    stage.files.update(expt=stage.workdir / "indexed.expt", refl=stage.workdir / "indexed.refl")
+    return stage
+
+
+def index_rotation(images: Sequence[str | os.PathLike], workdir: str | os.PathLike,
+                   space_group: str | None, nproc: int = 2,
+                   unit_cell: Sequence[float] | None = None,
+                   find_spots_args: Sequence[str] = (),
+                   index_args: Sequence[str] = ()) -> Stage:
+    """dials.import → find_spots → index → refine; files ``expt``/``refl`` = refined."""
+    stage = Stage(_workdir(workdir))
+    wd = stage.workdir
+    _import_and_find_spots(stage, images, nproc, find_spots_args)
+    stage.add(run_program("dials.index",
+                          ["imported.expt", "strong.refl", *_symmetry_args(space_group, unit_cell),
+                           *index_args], wd, expect=["indexed.expt", "indexed.refl"]))
+    stage.add(run_program("dials.refine", ["indexed.expt", "indexed.refl"], wd,
+                          expect=["refined.expt", "refined.refl"]))
+    stage.files.update(expt=wd / "refined.expt", refl=wd / "refined.refl")
+    return stage
+
+
+def _scale_and_merge(stage: Stage, expt: str, refl: str, scale_args: Sequence[str],
+                     merge_args: Sequence[str]) -> None:
+    wd = stage.workdir
+    stage.add(run_program("dials.scale", [expt, refl, "output.html=None", *scale_args], wd,
+                          expect=["scaled.expt", "scaled.refl"]))
+    stage.add(run_program("dials.merge", ["scaled.expt", "scaled.refl", *MERGE_ARGS,
+                                          *merge_args], wd, expect=["merged.mtz"]))
+    stage.files.update(scaled_expt=wd / "scaled.expt", scaled_refl=wd / "scaled.refl",
+                       merged_mtz=wd / "merged.mtz")
+
+
+def dials_route_stills(indexed: Stage, workdir: str | os.PathLike, nproc: int = 2,
+                       integrate_args: Sequence[str] = (), scale_args: Sequence[str] = (),
+                       merge_args: Sequence[str] = ()) -> Stage:
+    """dials.ssx_integrate algorithm=stills → dials.scale → dials.merge, from indexed stills.
+
+    The default ``algorithm=ellipsoid`` fails on small sets ("Too few reflections to
+    perform refinement"); ``output.batch_size`` is raised so that all images land in one
+    ``integrated_1`` file.
+    """
+    stage = Stage(_workdir(workdir))
+    wd = stage.workdir
+    stage.add(run_program(
+        "dials.ssx_integrate",
+        [indexed.files["expt"], indexed.files["refl"], "algorithm=stills", f"nproc={nproc}",
+         "output.batch_size=1000000", "output.html=None", *integrate_args],
+        wd, expect=["integrated_1.expt", "integrated_1.refl"]))
+    if (wd / "integrated_2.expt").exists():
+        raise RuntimeError(f"dials.ssx_integrate wrote more than one batch in {wd}")
+    stage.files.update(integrated_expt=wd / "integrated_1.expt",
+                       integrated_refl=wd / "integrated_1.refl")
+    _scale_and_merge(stage, "integrated_1.expt", "integrated_1.refl", scale_args, merge_args)
+    return stage
+
+
+def dials_route_rotation(refined: Stage, workdir: str | os.PathLike, nproc: int = 2,
+                         integrate_args: Sequence[str] = ROTATION_INTEGRATE_ARGS,
+                         scale_args: Sequence[str] = (),
+                         merge_args: Sequence[str] = ()) -> Stage:
+    """dials.integrate → dials.scale → dials.merge, from refined rotation data."""
+    stage = Stage(_workdir(workdir))
+    wd = stage.workdir
+    stage.add(run_program("dials.integrate",
+                          [refined.files["expt"], refined.files["refl"], f"nproc={nproc}",
+                           *integrate_args], wd,
+                          expect=["integrated.expt", "integrated.refl"]))
+    stage.files.update(integrated_expt=wd / "integrated.expt",
+                       integrated_refl=wd / "integrated.refl")
+    _scale_and_merge(stage, "integrated.expt", "integrated.refl", scale_args, merge_args)
+    return stage
+
+
+def factored_route(indexed: Stage, workdir: str | os.PathLike, nproc: int = 2,
+                   integrate_args: Sequence[str] = (), merge_args: Sequence[str] = (),
+                   timeout: float | None = None) -> Stage:
+    """dials.factored_integrate → dials.merge → dials.export (unmerged scaled MTZ).
+
+    dials.factored_integrate writes integrated *and scaled* data, so there is no
+    dials.scale step.  Files: ``scaled_expt``/``scaled_refl`` (factored.*),
+    ``merged_mtz`` and ``unmerged_mtz``.
+    """
+    stage = Stage(_workdir(workdir))
+    wd = stage.workdir
+    stage.add(run_program("dials.factored_integrate",
+                          [indexed.files["expt"], indexed.files["refl"], f"nproc={nproc}",
+                           *integrate_args], wd,
+                          expect=["factored.expt", "factored.refl"], timeout=timeout))
+    stage.add(run_program("dials.merge", ["factored.expt", "factored.refl", *MERGE_ARGS,
+                                          *merge_args], wd, expect=["merged.mtz"]))
+    stage.add(run_program("dials.export", ["factored.expt", "factored.refl", "format=mtz",
+                                           "mtz.hklout=factored_unmerged.mtz"], wd,
+                          expect=["factored_unmerged.mtz"]))
+    stage.files.update(scaled_expt=wd / "factored.expt", scaled_refl=wd / "factored.refl",
+                       merged_mtz=wd / "merged.mtz", unmerged_mtz=wd / "factored_unmerged.mtz")
+    return stage
