@@ -4,7 +4,9 @@ Every program runs as ``[sys.executable, <script>, args...]`` so that it uses th
 interpreter as the caller (the project venv, which sees Debian's DIALS, carries the libtbx
 environment and the ``xfel_mono_sim_ext`` stand-in that stills indexing imports).  Its
 stdout and stderr go to ``<log_dir>/<program>.out``; wall time and the peak resident memory
-of the whole process tree (sampled with psutil, so ``nproc`` workers count) are recorded.
+are recorded.  Peak memory is the larger of the sum over the whole process tree (sampled
+with psutil every 0.1 s, so ``nproc`` workers count) and the kernel's exact maximum RSS of
+the largest single process of the tree (from ``wait4``, which catches short programs).
 
 A program fails loudly: a non-zero exit, or a zero exit without an expected output file
 (DIALS sometimes exits 0 after an error), raises a one-line :class:`RuntimeError` naming the
@@ -22,6 +24,7 @@ Pipelines (each returns a :class:`Stage`: output paths plus the runs with their 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +40,8 @@ import psutil
 RSS_SAMPLE_INTERVAL = 0.1
 #: Lines of the log quoted in the error message of a failed program.
 ERROR_TAIL_LINES = 3
+#: Log lines worth quoting first when a program fails (DIALS prints help after some errors).
+_ERROR_LINE = re.compile(r"error|sorry|not found|failed|no suitable|exception", re.IGNORECASE)
 
 #: dials.integrate stops on a small wedge ("too few spots for profile modelling") unless
 #: these are lowered; with enough strong spots they change nothing.
@@ -133,12 +138,15 @@ def _sample_peak_rss(pid: int, done: threading.Event, peak: list[int]) -> None:
 
 
 def _tail(path: Path, n: int = ERROR_TAIL_LINES) -> str:
-    """The last ``n`` non-empty lines of a log, joined into one line."""
+    """One line: the last error-like line of a log (if any) and its last ``n`` lines."""
     try:
         lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
     except OSError:
         return "(no log)"
-    return " | ".join([ln for ln in lines if ln][-n:]) or "(empty log)"
+    lines = [ln for ln in lines if ln]
+    errors = [ln for ln in lines[:-n] if _ERROR_LINE.search(ln)]
+    tail = " | ".join(lines[-n:]) or "(empty log)"
+    return f"{errors[-1]} ... {tail}" if errors else tail
 
 
 def run_program(name: str, args: Sequence[str], cwd: str | os.PathLike,
@@ -163,7 +171,7 @@ def run_program(name: str, args: Sequence[str], cwd: str | os.PathLike,
                                    daemon=True)
         sampler.start()
         try:
-            returncode = proc.wait(timeout=timeout)
+            returncode, max_rss = _wait(proc, timeout)
         except subprocess.TimeoutExpired:
             _kill_tree(proc)
             raise RuntimeError(f"{name} timed out after {timeout:.0f} s in {cwd}; "
@@ -172,7 +180,7 @@ def run_program(name: str, args: Sequence[str], cwd: str | os.PathLike,
             done.set()
             sampler.join()
     run = ProgramRun(cmd, returncode, name, log_path, time.perf_counter() - start,
-                     peak[0] / 2**20)
+                     max(peak[0], max_rss) / 2**20)
     if returncode != 0:
         raise RuntimeError(f"{name} failed with exit code {returncode} in {cwd}; "
                            f"last log lines: {_tail(log_path)} (log: {log_path})")
@@ -181,6 +189,19 @@ def run_program(name: str, args: Sequence[str], cwd: str | os.PathLike,
         raise RuntimeError(f"{name} exited 0 but did not write {', '.join(missing)} in {cwd}; "
                            f"last log lines: {_tail(log_path)} (log: {log_path})")
     return run
+
+
+def _wait(proc: subprocess.Popen, timeout: float | None) -> tuple[int, int]:
+    """Wait for ``proc``; its exit code and the maximum RSS (bytes) the kernel recorded."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage.ru_maxrss * 1024  # Linux reports kB
+        if deadline is not None and time.monotonic() > deadline:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        time.sleep(0.02)
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
