@@ -17,6 +17,7 @@ from dials.array_family import flex
 
 from dials_factored import prediction, profile
 from dials_factored import reference as references
+from dials_factored.arrays import to_numpy
 from dials_factored.fit import FactoredTarget, Layout, Observations, Priors, minimise
 from dials_factored.merging import asu_groups, symmetry_of
 from dials_factored.model.partiality import bandwidth_sq, rotation_sigma_z, stills_partiality
@@ -45,7 +46,7 @@ def _initial_r1(experiments, strong, area_median: float, default: float) -> floa
     if strong is None or "bbox" not in strong or len(strong) == 0:
         return default
     x0, x1, y0, y1, _, _ = strong["bbox"].parts()
-    width = np.median(0.5 * (np.asarray(x1 - x0) + np.asarray(y1 - y0)))
+    width = np.median(0.5 * (to_numpy(x1 - x0) + to_numpy(y1 - y0)))
     return float(np.sqrt(2.0) * max(width, 2.0) / 4.0 * np.sqrt(area_median))
 
 
@@ -54,7 +55,7 @@ def _initial_mosaicity(strong, zeta: np.ndarray, osc_deg: float, default_deg: fl
     if strong is None or "bbox" not in strong or len(strong) == 0:
         return np.radians(default_deg)
     _, _, _, _, z0, z1 = strong["bbox"].parts()
-    extent = float(np.median(np.asarray(z1 - z0)))
+    extent = float(np.median(to_numpy(z1 - z0)))
     sigma_z = max(extent, 1.0) / 4.0
     return float(np.radians(sigma_z * osc_deg) * np.median(np.abs(zeta)))
 
@@ -88,11 +89,11 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
     logger.info("Predicted %d reflections on %d experiments (%s)", len(table),
                 len(experiments), "stills" if stills else "rotation")
 
-    ids = np.asarray(table["id"], dtype=int)
-    d = np.asarray(table["d"], dtype=float)
-    s1 = np.asarray(table["s1"], dtype=float).reshape(-1, 3)
-    xyz = np.asarray(table["xyzcal.px"], dtype=float).reshape(-1, 3)
-    panel_ids = np.asarray(table["panel"], dtype=int)
+    ids = to_numpy(table["id"]).astype(int)
+    d = to_numpy(table["d"])
+    s1 = to_numpy(table["s1"])
+    xyz = to_numpy(table["xyzcal.px"])
+    panel_ids = to_numpy(table["panel"]).astype(int)
     s0 = np.array([experiments[i].beam.get_s0() for i in range(len(experiments))])[ids]
     s0_len = np.linalg.norm(s0, axis=1)
     area = np.zeros(len(table))
@@ -146,11 +147,11 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
                 timings["extract"])
 
     # Fixed per-reflection quantities
-    lp = np.asarray(table["lp"], dtype=float)
-    qe = np.asarray(table["qe"], dtype=float)
+    lp = to_numpy(table["lp"])
+    qe = to_numpy(table["qe"])
     attenuation = qe / lp
     inv_4d2 = 1.0 / (4.0 * d ** 2)
-    eps = np.asarray(table["excitation_error"], dtype=float)
+    eps = to_numpy(table["excitation_error"])
     rbw_sq = bandwidth_sq(d, 1.0 / s0_len, params.beam.bandwidth) if stills else np.zeros(len(d))
     asu, group = asu_groups(table["miller_index"], symmetry)
     ext_ref = references.load(params.reference, symmetry, float(d.min()))

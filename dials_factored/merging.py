@@ -6,6 +6,8 @@ import numpy as np
 from cctbx import crystal, miller
 from dials.array_family import flex
 
+from dials_factored.arrays import to_numpy
+
 
 def symmetry_of(experiments) -> crystal.symmetry:
     """The crystal symmetry shared by all experiments (error if space groups differ)."""
@@ -22,7 +24,7 @@ def asu_groups(indices, symmetry: crystal.symmetry, anomalous: bool = False):
     Group ids number the distinct asymmetric-unit reflections 0..n_unique-1.
     """
     ms = miller.set(symmetry, flex.miller_index(indices), anomalous_flag=anomalous).map_to_asu()
-    asu = np.asarray(ms.indices().as_vec3_double(), dtype=np.int64)
+    asu = to_numpy(ms.indices())
     key = (asu[:, 0] + 512) * 1024 * 1024 + (asu[:, 1] + 512) * 1024 + (asu[:, 2] + 512)
     _, group = np.unique(key, return_inverse=True)
     return ms.indices(), group

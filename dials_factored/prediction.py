@@ -21,6 +21,8 @@ import numpy as np
 from dials.algorithms.spot_prediction import IndexGenerator, ray_intersection
 from dials.array_family import flex
 
+from dials_factored.arrays import to_numpy
+
 logger = logging.getLogger(f"dials.{__name__}")
 
 
@@ -39,7 +41,7 @@ def _stills_table(expt, index: int, d_min: float, max_excitation: float):
     hkl = IndexGenerator(uc, sg.type(), d_min).to_array()
     if len(hkl) == 0:
         return None
-    h = np.asarray(hkl.as_vec3_double(), dtype=float)
+    h = to_numpy(hkl).astype(float)
     A = np.asarray(expt.crystal.get_A(), dtype=float).reshape(3, 3)
     s0 = np.asarray(expt.beam.get_s0(), dtype=float)
     q = h @ A.T

@@ -11,6 +11,8 @@ import json
 
 import numpy as np
 
+from dials_factored.arrays import to_numpy
+
 
 def _figure(div_id: str, traces: list, layout: dict) -> str:
     return (f'<div id="{div_id}" class="plot"></div><script>Plotly.newPlot("{div_id}", '
@@ -44,7 +46,7 @@ def figures(result, shells) -> list[tuple[str, str]]:
                        "mode": "lines+markers"})
     out.append(("Profile width R1 against resolution", _figure("r1", traces, {
         "xaxis": {"title": "1/d² (Å⁻²)"}, "yaxis": {"title": "R1 (Å⁻¹)"}})))
-    part = np.asarray(result.table["partiality"])
+    part = to_numpy(result.table["partiality"])
     c, n = _histogram(part, 40, 0, 1.0)
     width = (f"R0 = {p['r0']:.5f} Å⁻¹" if "r0" in p else
              f"mosaicity = {p['mosaicity_deg']:.4f}°")

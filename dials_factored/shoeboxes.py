@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from dials.array_family import flex
 
+from dials_factored.arrays import to_numpy
+
 logger = logging.getLogger(f"dials.{__name__}")
 
 
@@ -90,7 +92,7 @@ def _vec2(x: np.ndarray, y: np.ndarray):
 def pixel_directions(panel, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Unit vectors from the sample to the centres of pixels (x, y) of one panel."""
     mm = panel.pixel_to_millimeter(_vec2(x + 0.5, y + 0.5))
-    lab = np.asarray(panel.get_lab_coord(mm), dtype=float).reshape(-1, 3)
+    lab = to_numpy(panel.get_lab_coord(mm))
     return lab / np.linalg.norm(lab, axis=1)[:, None]
 
 
@@ -102,7 +104,7 @@ def pixel_area_eps(panel, xyz_px: np.ndarray, s0_len: np.ndarray) -> np.ndarray:
     is an area |s0|²·a_x·a_y·cos α/|X|².
     """
     mm = panel.pixel_to_millimeter(_vec2(xyz_px[:, 0], xyz_px[:, 1]))
-    lab = np.asarray(panel.get_lab_coord(mm), dtype=float).reshape(-1, 3)
+    lab = to_numpy(panel.get_lab_coord(mm))
     dist = np.linalg.norm(lab, axis=1)
     normal = np.asarray(panel.get_normal(), dtype=float)
     cos_a = np.abs(lab @ normal) / dist
@@ -153,8 +155,8 @@ def extract(experiments, table, boxes: Boxes, gain: float = 1.0, progress=None) 
     frame = (boxes.z0[owner] + (np.arange(total) - start[owner]) // per_layer).astype(np.int32)
     del owner, per_layer
 
-    ids = np.asarray(table["id"], dtype=int)
-    s1 = np.asarray(table["s1"], dtype=float).reshape(-1, 3)
+    ids = to_numpy(table["id"]).astype(int)
+    s1 = to_numpy(table["s1"])
     jobs = _image_jobs(experiments, ids, boxes)
     for n_done, (imageset, index, expt_ids, frame_number) in enumerate(jobs):
         data = imageset.get_raw_data(index)

@@ -145,13 +145,16 @@ refinement {
 output {
   experiments = factored.expt
     .type = path
+    .help = "The experiments (models as given; written atomically)."
   reflections = factored.refl
     .type = path
+    .help = "Integrated and scaled reflections, ready for dials.merge/dials.export."
   parameters = factored_parameters.json
     .type = path
     .help = "Fitted G, B per node, R1(d), R0 and the history of the fit."
   log = dials.factored_integrate.log
     .type = path
+    .help = "The log file."
   html = dials.factored_integrate.html
     .type = path
     .help = "HTML report with plots (offline; None to skip)."
@@ -196,7 +199,10 @@ def run(args: list[str] | None = None, phil=phil_scope) -> None:
     from dials.util.version import dials_version
 
     logger.info(dials_version())
-    diff = parser.diff_phil.as_str()
+    logger.info("Input: %s", " ".join(
+        i.filename for i in params.input.experiments + params.input.reflections))
+    # the diff of our own scope only: DIALS's parser.diff_phil would load the inputs again
+    diff = phil.fetch_diff(source=phil.format(python_object=params)).as_str()
     if diff:
         logger.info("The following parameters have been modified:\n%s", diff)
 
@@ -234,6 +240,7 @@ def _log_statistics(result, experiments):
     """Log the fitted parameters and CC½, ⟨I/σ⟩ by shell; return the shell rows."""
     import numpy as np
 
+    from dials_factored.arrays import to_numpy
     from dials_factored.merging import asu_groups, symmetry_of
     from dials_factored.statistics import format_shells, merging_statistics
 
@@ -259,10 +266,10 @@ def _log_statistics(result, experiments):
     if len(t) == 0:
         return []
     _, group = asu_groups(t["miller_index"], symmetry_of(experiments))
-    isf = np.asarray(t["inverse_scale_factor"])
-    values = np.asarray(t["intensity.scale.value"]) / isf
-    variances = np.asarray(t["intensity.scale.variance"]) / isf ** 2
-    shells = merging_statistics(group, np.asarray(t["d"]), values, variances)
+    isf = to_numpy(t["inverse_scale_factor"])
+    values = to_numpy(t["intensity.scale.value"]) / isf
+    variances = to_numpy(t["intensity.scale.variance"]) / isf ** 2
+    shells = merging_statistics(group, to_numpy(t["d"]), values, variances)
     logger.info("Merging statistics of the scaled output:\n%s", format_shells(shells))
     return shells
 

@@ -1,0 +1,21 @@
+"""Fast conversion of DIALS/cctbx flex arrays to numpy.
+
+``np.asarray(flex_array)`` iterates element by element (about 1 µs per element);
+``as_numpy_array`` copies the buffer.  Vector types come back as (n, 3) arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from dials.array_family import flex
+
+
+def to_numpy(values) -> np.ndarray:
+    """A numpy copy of a flex array (vec3_double and miller_index become (n, 3))."""
+    if isinstance(values, flex.miller_index):
+        return values.as_vec3_double().as_numpy_array().reshape(-1, 3).astype(np.int64)
+    if isinstance(values, flex.vec3_double):
+        return values.as_numpy_array().reshape(-1, 3)
+    if isinstance(values, flex.vec2_double):
+        return values.as_double().as_numpy_array().reshape(-1, 2)
+    return values.as_numpy_array()
