@@ -141,7 +141,8 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
                 int(2 * half.min() + 1), int(2 * half.max() + 1))
 
     t = time.time()
-    pix = extract(experiments, table, boxes, gain=params.detector.gain, progress=progress)
+    pix = extract(experiments, table, boxes, gain=params.detector.gain, progress=progress,
+                  nproc=params.nproc)
     timings["extract"] = time.time() - t
     logger.info("Read %d pixels for %d reflections in %.1f s", len(pix.counts), len(table),
                 timings["extract"])

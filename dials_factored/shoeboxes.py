@@ -19,6 +19,7 @@ carries its frame number.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,14 +132,18 @@ def _box_pixels(boxes: Boxes, sel: np.ndarray, frame_offset: np.ndarray | None):
     return sel[local_ref], x, y, k + layer
 
 
-def extract(experiments, table, boxes: Boxes, gain: float = 1.0, progress=None) -> Pixels:
+def extract(experiments, table, boxes: Boxes, gain: float = 1.0, progress=None,
+            nproc: int = 1) -> Pixels:
     """Read every image once and cut all boxes into a flat pixel store.
 
-    Images are read one at a time, so memory holds one image plus the pixel
-    store.  Pixels outside the panel or flagged by the image mask (which
-    includes the detector's trusted range) are not usable; so are pixels at or
+    Images are read one at a time (by each of ``nproc`` forked worker
+    processes), so memory holds one image per process plus the pixel store.
+    Pixels outside the panel, flagged by the image mask (which includes the
+    detector's trusted range) or not finite are not usable; so are pixels at or
     above the trusted maximum (overloads, also flagged separately).  Counts are
-    divided by ``gain`` (counts per photon) so that they are photons.
+    divided by ``gain`` (counts per photon) so that they are photons.  Every
+    pixel is written by exactly one image, so the store does not depend on
+    ``nproc``.
     """
     n_refl = len(table)
     npix = boxes.n_pixels.astype(np.int64)
@@ -156,12 +161,42 @@ def extract(experiments, table, boxes: Boxes, gain: float = 1.0, progress=None) 
     del owner, per_layer
 
     ids = to_numpy(table["id"]).astype(int)
-    s1 = to_numpy(table["s1"])
     jobs = _image_jobs(experiments, ids, boxes)
-    for n_done, (imageset, index, expt_ids, frame_number) in enumerate(jobs):
+    cutter = _ImageCutter(experiments, ids, to_numpy(table["s1"]), boxes, start, gain, jobs)
+    for n_done, pieces in enumerate(_map_jobs(cutter, len(jobs), nproc)):
+        for dest, value, ok, is_over, f1, f2 in pieces:
+            counts[dest] = value
+            usable[dest] = ok
+            over[dest] = is_over
+            e1[dest] = f1
+            e2[dest] = f2
+        if progress is not None:
+            progress(n_done + 1, len(jobs))
+    logger.debug("Extracted %d pixels for %d reflections", total, n_refl)
+    return Pixels(counts, usable, over, e1, e2, frame, start)
+
+
+@dataclass
+class _ImageCutter:
+    """Everything needed to cut the boxes out of one image (shared with forked workers)."""
+
+    experiments: object
+    ids: np.ndarray
+    s1: np.ndarray
+    boxes: Boxes
+    start: np.ndarray
+    gain: float
+    jobs: list
+
+    def __call__(self, job_index: int) -> list:
+        """(destination, counts, usable, overloaded, ε1, ε2) per panel of image ``job_index``."""
+        imageset, index, expt_ids, frame_number = self.jobs[job_index]
+        boxes = self.boxes
         data = imageset.get_raw_data(index)
         mask = imageset.get_mask(index)
-        on_image = np.isin(ids, expt_ids) & (boxes.z0 <= frame_number) & (boxes.z1 > frame_number)
+        on_image = (np.isin(self.ids, expt_ids) & (boxes.z0 <= frame_number)
+                    & (boxes.z1 > frame_number))
+        pieces = []
         for pid, panel in enumerate(imageset.get_detector()):
             sel = np.flatnonzero(on_image & (boxes.panel == pid))
             if len(sel) == 0:
@@ -169,26 +204,52 @@ def extract(experiments, table, boxes: Boxes, gain: float = 1.0, progress=None) 
             image = data[pid].as_numpy_array()
             pmask = mask[pid].as_numpy_array()
             ref, x, y, local = _box_pixels(boxes, sel, frame_number - boxes.z0[sel])
-            dest = start[ref] + local
             ny, nx = image.shape
             inside = (x >= 0) & (x < nx) & (y >= 0) & (y < ny)
             xi, yi = np.clip(x, 0, nx - 1), np.clip(y, 0, ny - 1)
             value = image[yi, xi].astype(np.float32)
-            trusted_max = panel.get_trusted_range()[1]
-            is_over = inside & (value >= trusted_max)
-            counts[dest] = np.where(inside, value / gain, 0)
-            usable[dest] = inside & pmask[yi, xi] & ~is_over & np.isfinite(value)
-            over[dest] = is_over
+            finite = inside & np.isfinite(value)
+            is_over = finite & (value >= panel.get_trusted_range()[1])
             dirs = pixel_directions(panel, xi, yi)
-            s0 = np.asarray(experiments[int(ids[sel[0]])].beam.get_s0(), dtype=float)
-            u, f1, f2 = spot_frames(s1[ref], s0)
+            s0 = np.asarray(self.experiments[int(self.ids[sel[0]])].beam.get_s0(), dtype=float)
+            u, f1, f2 = spot_frames(self.s1[ref], s0)
             diff = (dirs - u) * np.linalg.norm(s0)
-            e1[dest] = np.einsum("ij,ij->i", diff, f1)
-            e2[dest] = np.einsum("ij,ij->i", diff, f2)
-        if progress is not None:
-            progress(n_done + 1, len(jobs))
-    logger.debug("Extracted %d pixels for %d reflections", total, n_refl)
-    return Pixels(counts, usable, over, e1, e2, frame, start)
+            pieces.append((
+                self.start[ref] + local,
+                np.where(finite, value / self.gain, 0).astype(np.float32),
+                finite & pmask[yi, xi] & ~is_over,
+                is_over,
+                np.einsum("ij,ij->i", diff, f1).astype(np.float32),
+                np.einsum("ij,ij->i", diff, f2).astype(np.float32),
+            ))
+        return pieces
+
+
+_WORKER_CUTTER: _ImageCutter | None = None
+
+
+def _cut_in_worker(job_index: int) -> list:
+    return _WORKER_CUTTER(job_index)
+
+
+def _map_jobs(cutter: _ImageCutter, n_jobs: int, nproc: int):
+    """Results of ``cutter`` for every job, in order; forked processes when nproc > 1.
+
+    Workers inherit the image sets by fork (nothing large is pickled on the
+    way in); only the cut pixels come back.
+    """
+    if nproc <= 1 or n_jobs < 2:
+        for i in range(n_jobs):
+            yield cutter(i)
+        return
+    global _WORKER_CUTTER
+    _WORKER_CUTTER = cutter
+    try:
+        with multiprocessing.get_context("fork").Pool(nproc) as pool:
+            chunk = max(1, n_jobs // (8 * nproc))
+            yield from pool.imap(_cut_in_worker, range(n_jobs), chunksize=chunk)
+    finally:
+        _WORKER_CUTTER = None
 
 
 def _image_jobs(experiments, ids: np.ndarray, boxes: Boxes):
