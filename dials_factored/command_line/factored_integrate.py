@@ -181,11 +181,14 @@ def run(args: list[str] | None = None, phil=phil_scope) -> None:
         read_reflections=True,
         check_format=True,
     )
-    params, options, unhandled = parser.parse_args(
-        args=args, show_diff_phil=False, return_unhandled=True
-    )
+    try:
+        params, options, unhandled = parser.parse_args(
+            args=args, show_diff_phil=False, return_unhandled=True
+        )
+    except RuntimeError as e:  # an invalid PHIL value (libtbx.phil raises RuntimeError)
+        raise Sorry(_phil_error(str(e))) from None
     if unhandled:
-        raise Sorry(f"unrecognised argument(s): {' '.join(unhandled)}")
+        raise Sorry(_unhandled_error(unhandled))
     experiments = flatten_experiments(params.input.experiments)
     reflections = flatten_reflections(params.input.reflections)
     if len(experiments) == 0:
@@ -234,6 +237,27 @@ def run(args: list[str] | None = None, phil=phil_scope) -> None:
 
         output.write_text(render(result, shells), params.output.html)
         logger.info("Saved the report %s", params.output.html)
+
+
+def _phil_error(message: str) -> str:
+    """One line from a libtbx.phil error (without DIALS's "please report" preamble)."""
+    message = message.split(": ", 1)[1] if message.startswith("Please report") else message
+    return f"invalid parameter: {message.splitlines()[0]}"
+
+
+def _unhandled_error(unhandled: list[str]) -> str:
+    """Why arguments were not understood: a missing file, an unreadable one, or a typo."""
+    import os
+
+    for arg in unhandled:
+        if "=" not in arg and not os.path.exists(arg):
+            return f"input file {arg} does not exist"
+        if os.path.isfile(arg) and not os.access(arg, os.R_OK):
+            return f"input file {arg} is not readable"
+        if os.path.isfile(arg):
+            return (f"could not read {arg} as DIALS experiments (.expt) or reflections "
+                    "(.refl): truncated, corrupt or another format")
+    return f"unrecognised parameter(s): {' '.join(unhandled)} (see -c for the parameters)"
 
 
 def _log_statistics(result, experiments):
