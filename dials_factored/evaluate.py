@@ -418,3 +418,26 @@ def format_table(scores: Mapping[str, Score], ideal: Score | None = None,
             cells = [f"**{c}**" for c in cells]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- per observation
+
+
+def truth_rows(experiment_ids, miller_indices, truth_experiment, truth_miller) -> np.ndarray:
+    """Row of the simulator's observations.npz for each (experiment id, hkl); −1 if none.
+
+    Matches on the original (not asu-mapped) indices, so it applies to integration runs
+    on the true models (same indexing setting as the simulator).
+    """
+    def keys(expt, hkl):
+        hkl = np.asarray(hkl, dtype=np.int64).reshape(-1, 3) + 512
+        return ((np.asarray(expt, dtype=np.int64) * 1024 + hkl[:, 0]) * 1024
+                + hkl[:, 1]) * 1024 + hkl[:, 2]
+
+    truth_keys = keys(truth_experiment, truth_miller)
+    order = np.argsort(truth_keys)
+    wanted = keys(experiment_ids, miller_indices)
+    pos = np.clip(np.searchsorted(truth_keys[order], wanted), 0, max(len(order) - 1, 0))
+    found = len(order) > 0
+    hit = found & (truth_keys[order][pos] == wanted) if found else np.zeros(len(wanted), bool)
+    return np.where(hit, order[pos], -1)

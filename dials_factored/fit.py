@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.sparse import coo_matrix
-from scitbx import sparse
 from scitbx.array_family import flex
 from scitbx.lstbx import normal_eqns, normal_eqns_solving
 
@@ -227,61 +226,81 @@ class FactoredTarget:
         return r, (np.concatenate(rows), np.concatenate(cols), np.concatenate(vals))
 
 
-def sparse_matrix(n_rows: int, n_cols: int, rows, cols, vals):
-    """A scitbx sparse matrix from coordinate triplets (duplicates are summed)."""
-    key = cols.astype(np.int64) * n_rows + rows
-    uniq, inv = np.unique(key, return_inverse=True)
-    summed = np.bincount(inv, weights=vals)
-    ucols, urows = np.divmod(uniq, n_rows)
-    bounds = np.searchsorted(ucols, np.arange(n_cols + 1))
-    columns = [
-        dict(zip(urows[bounds[j]:bounds[j + 1]].tolist(), summed[bounds[j]:bounds[j + 1]].tolist()))
-        for j in range(n_cols)
-    ]
-    return sparse.matrix(n_rows, n_cols, columns)
+class NormalEquations(normal_eqns.non_linear_ls_mixin):
+    """The normal equations of a ``FactoredTarget`` for scitbx's Levenberg–Marquardt.
 
-
-class LevMarAdapter(normal_eqns.non_linear_ls, normal_eqns.non_linear_ls_mixin):
-    """scitbx normal-equations object for a ``FactoredTarget``."""
+    Implements the interface of
+    ``scitbx.lstbx.normal_eqns_solving.levenberg_marquardt_iterations_encapsulated_eqns``.
+    The normal matrix JᵀJ is built with scipy.sparse from the sparse Jacobian and kept
+    dense (a few hundred parameters at most per fit), which is far faster than adding
+    the rows one by one to a scitbx sparse matrix.
+    """
 
     def __init__(self, target: FactoredTarget, x0: np.ndarray):
-        super().__init__(n_parameters=len(x0))
         self.target = target
-        self.x = flex.double(np.asarray(x0, dtype=float))
+        self.x = np.asarray(x0, dtype=float).copy()
         self.old_x = None
+        self._objective = 0.0
+        self._normal = None
+        self._rhs = None
+        self._step = None
 
     def parameter_vector_norm(self):
-        return self.x.norm()
+        return float(np.linalg.norm(self.x))
 
     def build_up(self, objective_only=False):
-        r, jac = self.target.evaluate(self.x.as_numpy_array(), need_jacobian=not objective_only)
-        self.reset()
-        weights = flex.double(len(r), 1.0)
+        r, jac = self.target.evaluate(self.x, need_jacobian=not objective_only)
+        self._objective = 0.5 * float(r @ r)
         if objective_only:
-            self.add_residuals(flex.double(r), weights)
-        else:
-            self.add_equations(flex.double(r), sparse_matrix(len(r), len(self.x), *jac), weights)
+            return
+        jm = coo_matrix((jac[2], (jac[0], jac[1])), shape=(len(r), len(self.x))).tocsr()
+        self._normal = (jm.T @ jm).toarray()
+        self._rhs = -(jm.T @ r)
+
+    def objective(self):
+        return self._objective
+
+    def get_normal_matrix_diagonal(self):
+        return flex.double(np.diag(self._normal).copy())
+
+    def add_constant_to_diagonal(self, mu):
+        self._normal[np.diag_indices_from(self._normal)] += mu
+
+    def opposite_of_gradient(self):
+        return flex.double(self._rhs)
+
+    def solve(self):
+        try:
+            self._step = np.linalg.solve(self._normal, self._rhs)
+        except np.linalg.LinAlgError:
+            self._step = np.linalg.lstsq(self._normal, self._rhs, rcond=None)[0]
+
+    def step(self):
+        return flex.double(self._step)
 
     def step_forward(self):
-        self.old_x = self.x.deep_copy()
-        self.x += self.step()
+        self.old_x = self.x.copy()
+        self.x = self.x + self._step
 
     def step_backward(self):
         self.x = self.old_x
 
 
-def minimise(target: FactoredTarget, x0: np.ndarray, max_iterations: int = 30):
+def minimise(target: FactoredTarget, x0: np.ndarray, max_iterations: int = 30,
+             relative_step: float = 1e-6):
     """Run scitbx Levenberg–Marquardt; returns (x, objective, iterations, covariance-ish).
 
-    The last value is the inverse of the final normal matrix (the parameter
-    covariance for residuals with unit variance), or None if singular.
+    Stops after ``max_iterations``, or when a step is shorter than ``relative_step``
+    times the length of the parameter vector.  The last value is the inverse of the
+    final normal matrix (the parameter covariance for residuals with unit
+    variance), or None if singular.
     """
-    problem = LevMarAdapter(target, x0)
-    start = 0.5 * float(np.sum(target.evaluate(np.asarray(x0, float), False)[0] ** 2))
-    it = normal_eqns_solving.levenberg_marquardt_iterations(
-        problem, n_max_iterations=max_iterations, gradient_threshold=1e-8, step_threshold=1e-8
-    )
-    x = problem.x.as_numpy_array()
+    problem = NormalEquations(target, x0)
+    start = 0.5 * float(np.sum(target.evaluate(problem.x, False)[0] ** 2))
+    it = normal_eqns_solving.levenberg_marquardt_iterations_encapsulated_eqns(
+        problem, n_max_iterations=max_iterations, gradient_threshold=1e-10,
+        step_threshold=relative_step)
+    x = problem.x
     r, jac = target.evaluate(x, need_jacobian=True)
     end = 0.5 * float(np.sum(r ** 2))
     logger.info("  Levenberg-Marquardt: %d iterations, objective %.6g -> %.6g",

@@ -1,0 +1,194 @@
+"""The resolved simulation design: models, truth parameters and random streams from the phil.
+
+Every random quantity comes from its own numpy Generator seeded with
+``[seed, stream, index...]`` (:func:`stream`), so the output depends only on the
+parameters (same seed → byte-identical files), not on the order of computation.
+
+Per-image truth.  Stills: ``G ~ exp(N(0, σ_logG²))``, ``B ~ N(0, σ_B²)`` Å², background
+factor ``exp(N(0, σ_bg²))``.  Rotation: ``G(φ) = 1 + a·sin(2π(φ − φ0)/T)`` and
+``B(φ) = ΔB·(φ − φ0)/(sweep width)`` (linear drift).  In both, an observation's
+photons are multiplied by ``G·exp(B/(4d²))`` (B < 0: faster fall-off with resolution).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dials_factored.simulate import crystal as xtal
+from dials_factored.simulate import geometry
+from dials_factored.simulate.images import Background
+from dials_factored.simulate.physics import Spreads, domain_sigma
+
+#: Random streams (second entry of the seed sequence).
+STREAMS = {"intensities": 1, "orientation": 2, "per_image": 3, "hot": 4, "photons": 5,
+           "noise": 6, "zingers": 7}
+
+#: Monte-Carlo samples traced at once (about 0.5 kB each).  A constant, not a parameter:
+#: the random draws are made per batch, so the batch size is part of the random design.
+BATCH_SAMPLES = 100_000
+
+#: Mode-dependent defaults of parameters left at None.
+MODE_DEFAULTS = {
+    "stills": {"n_images": 100, "bandwidth": 0.002, "mosaic_deg": math.degrees(0.0005),
+               "intensity_scale": 1.0},
+    "rotation": {"n_images": 90, "bandwidth": 0.0002, "mosaic_deg": 0.05,
+                 "intensity_scale": 0.05},
+}
+
+
+def stream(seed: int, name: str, *index: int) -> np.random.Generator:
+    """The Generator of one named random stream (and image/chunk index)."""
+    return np.random.default_rng([int(seed), STREAMS[name], *(int(i) for i in index)])
+
+
+@dataclass
+class Design:
+    """Everything the simulation needs, resolved from the parameters."""
+
+    mode: str
+    seed: int
+    n_images: int
+    d_min: float
+    wavelength: float
+    flux: float  # K: photons per unit I_true at p = 1, P = 1, L = 1, G = 1, B = 0
+    n_samples: int
+    n_sigma: float
+    max_lorentz: float
+    min_partiality: float
+    spreads: Spreads
+    background: Background
+    truth: xtal.TrueCrystal
+    beam: object
+    detector: object
+    plane: geometry.Plane
+    u_matrices: np.ndarray  # (n_images or 1, 3, 3)
+    hot_pixels: int
+    hot_range: tuple[float, float]
+    zinger_rate: float
+    zinger_range: tuple[int, int]
+    goniometer: object = None
+    scan: object = None
+    g: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per image / frame centre
+    b: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    bg_factor: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    rotation: dict = field(default_factory=dict)
+    parameters: dict = field(default_factory=dict)  # the resolved parameters, for truth.json
+
+    @property
+    def batch(self) -> int:
+        """Observations traced at once (each batch has its own random stream)."""
+        return max(1, BATCH_SAMPLES // self.n_samples)
+
+    @property
+    def s0(self) -> np.ndarray:
+        return np.array([0.0, 0.0, -1.0 / self.wavelength])
+
+    @property
+    def stills(self) -> bool:
+        return self.mode == "stills"
+
+    def rotation_scale(self, phi_rad: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """G(φ)·exp(B(φ)/(4d²)) of the rotation sweep (φ in rad, d in Å)."""
+        g, b = self.rotation_gb(np.degrees(phi_rad))
+        return g * np.exp(b / (4 * d ** 2))
+
+    def rotation_gb(self, phi_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """G(φ) and B(φ) (Å²) along the sweep, φ in degrees."""
+        r = self.rotation
+        g = 1 + r["g_amplitude"] * np.sin(2 * np.pi * (phi_deg - r["phi_start"]) / r["g_period"])
+        b = r["b_drift"] * (phi_deg - r["phi_start"]) / r["sweep_width"]
+        return g, b
+
+
+def resolve(params) -> Design:
+    """Build the :class:`Design` of the extracted phil parameters."""
+    mode = params.mode
+    defaults = MODE_DEFAULTS[mode]
+
+    def pick(value, key):
+        return defaults[key] if value is None else value
+
+    n_images = int(pick(params.n_images, "n_images"))
+    bandwidth = float(pick(params.beam.bandwidth, "bandwidth"))
+    mosaic = math.radians(float(pick(params.crystal.mosaic, "mosaic_deg")))
+    flux = float(pick(params.intensity.scale, "intensity_scale"))
+    seed = int(params.seed)
+    d_min = float(params.d_min)
+    wavelength = float(params.beam.wavelength)
+    size = tuple(int(n) for n in params.detector.size)
+    distance = params.detector.distance or geometry.corner_distance(
+        size, params.detector.pixel_size, wavelength, d_min)
+    detector = geometry.make_detector(size, params.detector.pixel_size, distance,
+                                      (-1.0, float(params.detector.trusted_max)))
+    beam = geometry.make_beam(wavelength, params.beam.polarization_fraction)
+    truth = xtal.make_true_crystal(params.crystal.space_group, params.crystal.unit_cell, d_min,
+                                   params.wilson.b, params.wilson.mean_intensity,
+                                   stream(seed, "intensities"))
+    spreads = Spreads(sigma_domain=domain_sigma(params.crystal.domain_size), mosaic=mosaic,
+                      divergence=params.beam.divergence, bandwidth=bandwidth,
+                      psf=params.detector.psf)
+    if mode == "stills" and bandwidth <= 0:
+        raise ValueError("stills need a finite beam.bandwidth (e.g. 1e-5 for nearly "
+                         "monochromatic): it is what makes a reflection diffract")
+    bg = params.background
+    design = Design(
+        mode=mode, seed=seed, n_images=n_images, d_min=d_min, wavelength=wavelength, flux=flux,
+        n_samples=int(params.monte_carlo.n_samples), n_sigma=float(params.monte_carlo.n_sigma),
+        max_lorentz=float(params.monte_carlo.max_lorentz),
+        min_partiality=float(params.truth.min_partiality), spreads=spreads,
+        background=Background(constant=bg.constant, inner=bg.inner, q_inner=bg.q_inner,
+                              ring=bg.ring, ring_d=bg.ring_d, ring_width=bg.ring_width),
+        truth=truth, beam=beam, detector=detector, plane=geometry.Plane.from_panel(detector[0]),
+        u_matrices=xtal.random_rotations(n_images if mode == "stills" else 1,
+                                         stream(seed, "orientation")),
+        hot_pixels=int(params.hot_pixels.count),
+        hot_range=(float(params.hot_pixels.min_value), float(params.hot_pixels.max_value)),
+        zinger_rate=float(params.zingers.rate),
+        zinger_range=(int(params.zingers.min_counts), int(params.zingers.max_counts)))
+    rng = stream(seed, "per_image")
+    if mode == "stills":
+        design.g = np.exp(params.stills.log_g_sigma * rng.standard_normal(n_images))
+        design.b = params.stills.b_sigma * rng.standard_normal(n_images)
+        design.bg_factor = np.exp(params.background.image_sigma * rng.standard_normal(n_images))
+    else:
+        r = params.rotation
+        width = n_images * r.phi_width
+        if width > 360 + 1e-9:
+            raise ValueError(f"the sweep ({width}°) must not exceed 360°")
+        design.goniometer = geometry.make_goniometer()
+        design.scan = geometry.make_scan(n_images, r.phi_start, r.phi_width, r.exposure_time)
+        design.rotation = {"phi_start": r.phi_start, "phi_width": r.phi_width,
+                           "sweep_width": width, "g_amplitude": r.g_amplitude,
+                           "g_period": r.g_period or width, "b_drift": r.b_drift}
+        centres = r.phi_start + (np.arange(n_images) + 0.5) * r.phi_width
+        design.g, design.b = design.rotation_gb(centres)
+        design.bg_factor = np.ones(n_images)
+    design.parameters = {
+        "mode": mode, "seed": seed, "n_images": n_images, "d_min": d_min,
+        "wavelength": wavelength, "bandwidth": bandwidth, "divergence": spreads.divergence,
+        "polarization_fraction": params.beam.polarization_fraction,
+        "polarization_normal": [0.0, 1.0, 0.0],
+        "space_group": params.crystal.space_group,
+        "unit_cell": list(truth.symmetry.unit_cell().parameters()),
+        "domain_size": params.crystal.domain_size, "sigma_domain": spreads.sigma_domain,
+        "mosaic_rad": mosaic, "mosaic_deg": math.degrees(mosaic),
+        "wilson_b": params.wilson.b, "wilson_mean_intensity": params.wilson.mean_intensity,
+        "intensity_scale": flux, "detector_size": list(size),
+        "pixel_size": params.detector.pixel_size, "distance": distance,
+        "psf_px": spreads.psf, "trusted_range": [-1.0, float(params.detector.trusted_max)],
+        "n_samples": design.n_samples, "n_sigma": design.n_sigma,
+        "max_lorentz": design.max_lorentz, "min_partiality": design.min_partiality,
+        "background": vars(design.background) | {"image_sigma": params.background.image_sigma},
+        "hot_pixels": {"count": design.hot_pixels, "value_range": list(design.hot_range)},
+        "zingers": {"rate": design.zinger_rate, "count_range": list(design.zinger_range)},
+    }
+    if mode == "stills":
+        design.parameters["stills"] = {"log_g_sigma": params.stills.log_g_sigma,
+                                       "b_sigma": params.stills.b_sigma}
+    else:
+        design.parameters["rotation"] = dict(design.rotation,
+                                             exposure_time=params.rotation.exposure_time)
+    return design

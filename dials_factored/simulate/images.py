@@ -1,0 +1,100 @@
+"""Image formation: smooth background, Poisson counting, hot pixels, zingers, CBF writing.
+
+Units: photons per pixel per image; the detector gain is 1 (counts = photons).
+
+Background (per pixel, per image), a function of the scattering vector length
+``q = 2 sin θ / λ`` (Å⁻¹) at the pixel centre::
+
+    bg(q) = c·[constant + inner·exp(−q/q_inner) + ring·exp(−(q − 1/d_ring)²/(2 w²))]
+
+a flat floor, a gentle rise towards the beam and a soft "water ring" at ``d_ring``
+(default 3.5 Å, rms width w in q).  ``c`` is a per-image factor (stills: log-normal
+around 1; rotation: 1).  Counts are ``Poisson(bg + signal)``; then every hot pixel is
+*set* to its own constant value (the same on every image, not masked), and zingers add
+a uniform random 50–2000 counts to single random pixels of random images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from dxtbx.format.FormatCBFMini import FormatCBFMini
+
+from dials_factored.simulate.geometry import flex_int_image, pixel_grid_directions
+
+
+@dataclass(frozen=True)
+class Background:
+    """Parameters of the smooth background (photons/pixel; see the module docstring)."""
+
+    constant: float = 1.0
+    inner: float = 1.0
+    q_inner: float = 0.15  # Å⁻¹
+    ring: float = 1.0
+    ring_d: float = 3.5  # Å
+    ring_width: float = 0.015  # Å⁻¹, rms in q
+
+    def model(self, plane, wavelength: float) -> np.ndarray:
+        """The background (ny, nx) for per-image factor 1 (photons per pixel)."""
+        nx, ny = plane.size
+        out = np.empty((ny, nx))
+        rows = max(1, 2**20 // nx)  # about a million pixels at a time
+        for start in range(0, ny, rows):
+            block = slice(start, min(ny, start + rows))
+            u1 = pixel_grid_directions(plane, block)
+            cos2t = -u1[..., 2]  # the beam travels along −z
+            q = np.sqrt(np.clip(2 * (1 - cos2t), 0, None)) / wavelength
+            out[block] = (self.constant + self.inner * np.exp(-q / self.q_inner)
+                          + self.ring * np.exp(-0.5 * ((q - 1 / self.ring_d)
+                                                       / self.ring_width) ** 2))
+        return out
+
+
+@dataclass
+class Defects:
+    """Hot pixels (fixed) and zingers (per image), recorded for the truth files."""
+
+    hot_xy: np.ndarray  # (n, 2) int: fast, slow pixel coordinates
+    hot_value: np.ndarray  # (n,) int counts
+    zingers: list = field(default_factory=list)  # (image, x, y, counts)
+
+    @classmethod
+    def draw_hot(cls, size: tuple[int, int], count: int, value_range: tuple[float, float],
+                 rng: np.random.Generator) -> Defects:
+        """``count`` distinct random pixels, each with a log-uniform value in ``value_range``."""
+        nx, ny = size
+        flat = rng.choice(nx * ny, size=count, replace=False) if count else np.zeros(0, int)
+        lo, hi = np.log(value_range[0]), np.log(value_range[1])
+        values = np.exp(rng.uniform(lo, hi, count)).round().astype(np.int64)
+        return cls(hot_xy=np.column_stack([flat % nx, flat // nx]).astype(np.int64),
+                   hot_value=values)
+
+    def hot_flat(self, nx: int) -> np.ndarray:
+        """Flat indices ``y·nx + x`` of the hot pixels."""
+        return self.hot_xy[:, 1] * nx + self.hot_xy[:, 0]
+
+    def apply(self, counts: np.ndarray, image: int, rate: float,
+              count_range: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+        """Set the hot pixels and add this image's zingers (in place); the zinger flat indices."""
+        ny, nx = counts.shape
+        counts[self.hot_xy[:, 1], self.hot_xy[:, 0]] = self.hot_value
+        n = int(rng.poisson(rate))
+        flat = rng.integers(0, nx * ny, size=n)
+        extra = rng.integers(count_range[0], count_range[1] + 1, size=n)
+        for f, e in zip(flat, extra):
+            counts.flat[f] += e
+            self.zingers.append((int(image), int(f % nx), int(f // nx), int(e)))
+        return flat
+
+
+def poisson_counts(expected: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Poisson counts (int64) of an expected-photon image."""
+    return rng.poisson(expected).astype(np.int64)
+
+
+def write_cbf(path, counts: np.ndarray, detector, beam, goniometer=None, scan=None) -> None:
+    """Write one miniCBF (int32 counts, geometry in the header) with FormatCBFMini.as_file."""
+    top = np.iinfo(np.int32).max
+    FormatCBFMini.as_file(detector, beam, goniometer, scan,
+                          flex_int_image(np.clip(counts, -1, top)), str(path))

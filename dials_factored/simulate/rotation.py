@@ -1,0 +1,154 @@
+"""Simulate a rotation sweep (see :mod:`.physics` for the spot model).
+
+Every reflection crosses the Ewald sphere twice per turn; each crossing (branch ±1)
+whose nominal angle lies within the scan, widened by ``n_sigma`` first-order widths
+``R/|dε/dφ|`` plus one frame, is an observation candidate.  Crossings whose nominal
+Lorentz factor exceeds ``max_lorentz`` (reflections within about 1° of the rotation
+axis) are not simulated at all.
+
+Memory: observations are traced in chunks, each chunk's samples are reduced at once to
+sparse (observation, frame, pixel) signal entries, and the frames are then formed and
+written one at a time from those entries; no dense per-frame array is ever held for
+more than one frame, so memory scales with the number of spots, not with
+n_images × detector size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dials_factored.simulate import physics
+from dials_factored.simulate.design import Design, stream
+from dials_factored.simulate.images import Defects, poisson_counts, write_cbf
+from dials_factored.simulate.signal import (
+    Moments,
+    PixelSignal,
+    aggregate,
+    fisher_information,
+)
+from dials_factored.simulate.stills import PANEL_MARGIN_PX, spot_background
+from dials_factored.simulate.truth import ObservationTable
+
+
+def candidates(design: Design, a_matrix: np.ndarray) -> dict[str, np.ndarray]:
+    """Observation candidates: reflection index, branch, nominal φ (rad), sorted by φ."""
+    t = design.truth
+    axis = np.asarray(design.goniometer.get_rotation_axis(), dtype=float)
+    r0 = t.hkl @ a_matrix.T
+    s0 = np.broadcast_to(design.s0, r0.shape)
+    phi_start = np.radians(design.rotation["phi_start"])
+    width = np.radians(design.rotation["phi_width"])
+    phi_end = phi_start + design.n_images * width
+    r_width = physics.analytic_width(t.d, design.wavelength, design.spreads)
+    nx, ny = design.plane.size
+    margin_px = PANEL_MARGIN_PX + 5 * design.spreads.psf
+    parts = []
+    for branch in (1, -1):
+        phi, ok = physics.crossing_angles(r0, s0, axis, np.full(len(r0), branch))
+        phi = phi_start + np.mod(phi - phi_start, 2 * np.pi)
+        rphi = physics.rotate_about(r0, axis, phi)
+        s1 = rphi + design.s0
+        rate = np.abs(np.sum(s1 / np.linalg.norm(s1, axis=1, keepdims=True)
+                             * physics.cross(axis, rphi), axis=1))
+        lorentz = np.linalg.norm(design.s0) / np.where(rate > 0, rate, 1e-300)
+        margin = design.n_sigma * r_width / np.where(rate > 0, rate, 1e-300) + width
+        late = phi > phi_start + 2 * np.pi - margin
+        phi = np.where(late & (phi >= phi_end + margin), phi - 2 * np.pi, phi)
+        inside = (phi < phi_end + margin) & (phi > phi_start - margin)
+        x, y, valid = design.plane.intersect_px(s1)
+        on = valid & (x > -margin_px) & (x < nx + margin_px) & (y > -margin_px) & (
+            y < ny + margin_px)
+        keep = np.flatnonzero(ok & inside & on & (lorentz <= design.max_lorentz))
+        parts.append((keep, np.full(keep.size, branch), phi[keep]))
+    index = np.concatenate([p[0] for p in parts])
+    branch = np.concatenate([p[1] for p in parts])
+    phi = np.concatenate([p[2] for p in parts])
+    order = np.argsort(phi, kind="stable")
+    return {"index": index[order], "branch": branch[order], "phi": phi[order]}
+
+
+def simulate_sweep(design: Design, paths: list, bg_model: np.ndarray, defects: Defects,
+                   crystal_model, table: ObservationTable, progress=None) -> None:
+    """Simulate, write and record the whole sweep."""
+    t = design.truth
+    a = np.asarray(crystal_model.get_A(), dtype=float).reshape(3, 3)
+    cand = candidates(design, a)
+    sel = cand["index"]
+    m = sel.size
+    r0 = t.hkl[sel] @ a.T
+    d = t.d[sel]
+    intensity = t.intensity[sel]
+    plane = design.plane
+    nx, ny = plane.size
+    n_pix = nx * ny
+    n_frames = design.n_images
+    scan = (np.radians(design.rotation["phi_start"]), np.radians(design.rotation["phi_width"]),
+            n_frames)
+    axis = np.asarray(design.goniometer.get_rotation_axis(), dtype=float)
+    full = np.zeros(m)
+    lorentz = np.zeros(m)
+    recorded = np.zeros(m)
+    u_total = np.zeros(m)
+    moments = Moments.zeros(m)
+    entries = []
+    per_chunk = design.batch
+    for chunk, start in enumerate(range(0, m, per_chunk)):
+        part = slice(start, min(m, start + per_chunk))
+        res = physics.simulate_rotation(
+            r0[part], cand["branch"][part], cand["phi"][part], d[part], design.wavelength,
+            design.spreads, axis, plane, scan, design.rotation_scale, design.flux,
+            design.beam.get_polarization_normal(), design.beam.get_polarization_fraction(),
+            design.n_samples, design.max_lorentz, stream(design.seed, "photons", chunk))
+        s = res.samples
+        obs = s.obs + start
+        full[part], lorentz[part] = res.full, res.lorentz_sum
+        recorded[part], u_total[part] = res.recorded, res.signal_per_i
+        pixel, on = plane.pixel_index(s.x, s.y, np.ones(s.x.size, bool))
+        moments.add(obs, s.x, s.y, s.z, s.weight, on)
+        frame = np.minimum(np.floor(s.z).astype(np.int64), n_frames - 1)
+        entries.append(aggregate(obs[on], pixel[on], frame[on], s.weight[on], n_pix))
+
+    e_obs = np.concatenate([e.obs for e in entries]) if entries else np.zeros(0, np.int64)
+    e_frame = np.concatenate([e.frame for e in entries]) if entries else np.zeros(0, np.int64)
+    e_pix = np.concatenate([e.pixel for e in entries]) if entries else np.zeros(0, np.int64)
+    e_u = np.concatenate([e.u for e in entries]) if entries else np.zeros(0)
+    del entries
+    order = np.argsort(e_frame, kind="stable")
+    e_obs, e_frame, e_pix, e_u = e_obs[order], e_frame[order], e_pix[order], e_u[order]
+    bounds = np.searchsorted(e_frame, np.arange(n_frames + 1))
+    background = bg_model.ravel()
+    info = np.zeros(m)
+    for f in range(n_frames):
+        block = slice(bounds[f], bounds[f + 1])
+        ob, px, u = e_obs[block], e_pix[block], e_u[block]
+        mu = background + np.bincount(px, weights=u * intensity[ob], minlength=n_pix)
+        counts = poisson_counts(mu.reshape(ny, nx), stream(design.seed, "noise", f))
+        zinger_flat = defects.apply(counts, f, design.zinger_rate, design.zinger_range,
+                                    stream(design.seed, "zingers", f))
+        write_cbf(paths[f], counts, design.detector, design.beam, design.goniometer,
+                  design.scan[f:f + 1])
+        excluded = np.zeros(n_pix, bool)
+        excluded[defects.hot_flat(nx)] = True
+        excluded[zinger_flat] = True
+        info += fisher_information(PixelSignal(obs=ob, pixel=px, frame=np.zeros_like(ob), u=u),
+                                   mu, excluded, m)
+        if progress:
+            progress(f + 1, n_frames)
+
+    partiality = np.where(full > 0, recorded / np.where(full > 0, full, 1), 0.0)
+    xyz = moments.centroid()
+    on_frac = moments.fraction_on_panel()
+    keep = (partiality >= design.min_partiality) & (on_frac > 0)
+    n = int(keep.sum())
+    safe_rec = np.where(recorded > 0, recorded, 1.0)
+    table.add(
+        experiment=np.zeros(n, np.int64), miller_index=t.hkl[sel][keep], i_true=intensity[keep],
+        d=d[keep], expected_counts=(intensity * u_total)[keep], partiality=partiality[keep],
+        scale=(u_total / (design.flux * safe_rec))[keep],
+        polarisation=(full / np.where(lorentz > 0, lorentz, 1.0))[keep],
+        lorentz=lorentz[keep],
+        ideal_variance=np.where(info > 0, 1 / np.where(info > 0, info, 1), np.inf)[keep],
+        xyz_px=xyz[keep], background=spot_background(background, xyz[keep], nx, ny),
+        excitation_error=np.zeros(n), fraction_on_detector=on_frac[keep],
+        rms_px=moments.rms()[keep],
+        phi_deg=np.degrees(cand["phi"][keep]))
