@@ -29,6 +29,13 @@ from dials_factored.shoeboxes import Boxes, background, extract, pixel_area_eps
 
 logger = logging.getLogger(f"dials.{__name__}")
 
+#: Initial R0 (Å⁻¹) of stills when neither the parameters nor the indexing give one:
+#: a 0.03° mosaic spread at 2 Å, or 2000 Å domains, typical of microcrystals.
+DEFAULT_R0 = 0.0005
+#: Stills are predicted out to excitation_cutoff × R0_eff with R0 this many times its
+#: initial value (room for the fit to widen it).
+R0_MARGIN = 1.5
+
 
 @dataclass
 class Result:
@@ -69,20 +76,28 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
     wavelength0 = np.array([e.beam.get_wavelength() for e in experiments])
 
     # Initial widths from the data or the parameters
-    r1_default = params.profile.r1 or 0.002
     if stills:
         r0 = params.partiality.r0
         if r0 is None:
             sizes = [e.crystal.get_domain_size_ang() for e in experiments
                      if hasattr(e.crystal, "get_domain_size_ang")]
             sizes = [s for s in sizes if s and s > 0]
-            r0 = 1.0 / float(np.median(sizes)) if sizes else 0.002
-        max_rbw = bandwidth_sq(np.array([params.d_min or 1.0]), wavelength0.max(),
-                               params.beam.bandwidth)[0]
-        max_eps = params.prediction.excitation_cutoff * np.sqrt((2.0 * r0) ** 2 + max_rbw)
+            r0 = 1.0 / float(np.median(sizes)) if sizes else DEFAULT_R0
+        d_floor = params.d_min or min(prediction.detector_d_min(e) for e in experiments)
+        max_rbw = bandwidth_sq(np.array([d_floor]), wavelength0.max(), params.beam.bandwidth)[0]
+        max_eps = params.prediction.excitation_cutoff * np.sqrt(
+            (R0_MARGIN * r0) ** 2 + max_rbw)
     else:
         max_eps = 0.0
     table = prediction.predict(experiments, params.d_min, max_eps)
+    if stills and len(table):
+        # the bandwidth term grows as 1/d⁴: apply the cutoff per reflection
+        d_all = to_numpy(table["d"])
+        s0_all = 1.0 / wavelength0[to_numpy(table["id"]).astype(int)]
+        reach = params.prediction.excitation_cutoff * np.sqrt(
+            (R0_MARGIN * r0) ** 2 + bandwidth_sq(d_all, 1.0 / s0_all, params.beam.bandwidth))
+        table = table.select(flex.bool(
+            (np.abs(to_numpy(table["excitation_error"])) < reach).tolist()))
     if len(table) == 0:
         raise ValueError("no reflections are predicted on the detector for these experiments")
     timings["predict"] = time.time() - t_start
@@ -104,7 +119,7 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
     a = np.sqrt(area)
 
     r1_init = params.profile.r1 or _initial_r1(experiments, strong, float(np.median(area)),
-                                                 r1_default)
+                                                 float(np.sqrt(np.median(area))))
     half = np.ceil(params.profile.box_sigma * r1_init / a).astype(int) + 1
     half = np.maximum(half, params.profile.min_box_half_width)
     x0 = np.floor(xyz[:, 0]).astype(int) - half
@@ -209,8 +224,13 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
 
         # The scale per observation with the current parameters, and I_ref
         obs_scale = _scale(x, layout, nodes, inv_4d2, eps, rbw_sq, stills) * attenuation
-        boot = references.bootstrap(group, j, var_j, obs_scale)
-        i_ref = np.where(np.isfinite(ref_values), ref_values, boot)
+        # observations the model expects to be mostly missed carry little information
+        # and the least certain partiality: they enter neither the fit nor I_ref
+        p_now = (stills_partiality(eps, float(np.exp(x[layout.log_r0])), rbw_sq)[0]
+                 if stills else np.ones(len(d)))
+        informative = p_now >= params.refinement.min_partiality
+        boot, boot_var = references.bootstrap(group, j, var_j,
+                                              np.where(informative, obs_scale, 0.0))
         if ext_ref is not None and cycle == 0:
             # put the external reference on the data's scale once (G then absorbs drift):
             # the weighted least-squares k of J ≈ k · scale · I_ref
@@ -219,18 +239,23 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
             k = np.sum(j[ok] * m[ok] / var_j[ok]) / np.sum(m[ok] ** 2 / var_j[ok])
             logger.info("Reference put on the data's scale with factor %.4g", k)
             ref_values = ref_values * k
-            i_ref = np.where(np.isfinite(ref_values), ref_values, boot)
+        external = np.isfinite(ref_values)
+        i_ref = np.where(external, ref_values, boot)
+        # Term-1 σ: the profile-fit σ_J and the uncertainty of a bootstrapped I_ref
+        sigma_1 = np.sqrt(var_j + np.where(external, 0.0, obs_scale ** 2 * boot_var))
 
         # Term 2 statistics in the window drawn with the current widths
         j_model_now = obs_scale * i_ref
-        ma, mb, sa, sb, _ = observed_moments(pix, fg, usable, bg, P, j_model_now)
-        strong_now = (j / sigma_j > params.profile.min_i_over_sigma) & (j_model_now > 0)
+        expected_now = _expected(j_model_now, j)
+        ma, mb, sa, sb, _ = observed_moments(pix, fg, usable, bg, P, expected_now)
+        strong_now = (j / sigma_j > params.profile.min_i_over_sigma) & (expected_now > 0)
         use2 = strong_now & np.isfinite(sa) & np.isfinite(sb) & (sa > 0) & (sb > 0)
         k2 = params.profile.window_sigma ** 2
         obs = Observations(
-            j=j, sigma_j=sigma_j, i_ref=i_ref, attenuation=attenuation, inv_4d2=inv_4d2,
+            j=j, sigma_j=sigma_1, i_ref=i_ref, attenuation=attenuation, inv_4d2=inv_4d2,
             k0=nodes.k0, k1=nodes.k1, w=nodes.w,
-            use1=np.isfinite(j) & np.isfinite(sigma_j) & np.isfinite(i_ref) & (sigma_j > 0),
+            use1=(informative & np.isfinite(j) & np.isfinite(sigma_1) & np.isfinite(i_ref)
+                  & (sigma_1 > 0)),
             stills=stills, eps=eps, rbw_sq=rbw_sq,
             use2=use2, m_a=ma, m_b=mb, sigma_a=sa, sigma_b=sb, area=area,
             window_a=k2 * ra_eff ** 2, window_b=k2 * rb_eff ** 2,
@@ -239,7 +264,7 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
             width_pairs=(np.arange(grid.n_bins - 1), np.arange(1, grid.n_bins)),
         )
         if not stills:
-            mz, smz = observed_frame_moment(pix, fg, usable, bg, P, j_model_now, zc)
+            mz, smz = observed_frame_moment(pix, fg, usable, bg, P, expected_now, zc)
             obs.use_z = use2 & np.isfinite(smz) & (smz > 0)
             obs.m_z, obs.sigma_mz, obs.rate, obs.osc = mz, smz, np.abs(zeta), osc
         target = FactoredTarget(obs, layout, priors)
@@ -247,8 +272,8 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         x, objective, n_iter, cov = minimise(target, x, params.refinement.max_iterations)
         if ext_ref is None:
             x = _fix_gauge(x, layout)
-        j_expected = np.maximum(
-            _scale(x, layout, nodes, inv_4d2, eps, rbw_sq, stills) * attenuation * i_ref, 0.0)
+        j_expected = _expected(
+            _scale(x, layout, nodes, inv_4d2, eps, rbw_sq, stills) * attenuation * i_ref, j)
         step = {
             "cycle": cycle + 1,
             "objective": objective,
@@ -307,6 +332,15 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
                                           minlength=int(image.max()) + 1 if len(image) else 0),
     }
     return Result(out, parameters, history, timings, diagnostics)
+
+
+def _expected(j_model: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """The amplitude behind the model-expected variance: J_model, or J where there is none.
+
+    A bootstrapped I_ref is undefined for a reflection observed once (leave-one-out);
+    its weights then come from its own J.  Negative values count as no signal.
+    """
+    return np.maximum(np.where(np.isfinite(j_model), j_model, j), 0.0)
 
 
 def zc_to_phi(experiments, ids, zc):

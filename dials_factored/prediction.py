@@ -91,7 +91,7 @@ def predict(experiments, d_min: float | None, max_excitation: float):
     if is_stills(experiments):
         tables = []
         for i, expt in enumerate(experiments):
-            dm = d_min or _detector_d_min(expt)
+            dm = d_min or detector_d_min(expt)
             t = _stills_table(expt, i, dm, max_excitation)
             if t is not None and len(t):
                 tables.append(t)
@@ -115,7 +115,7 @@ def predict(experiments, d_min: float | None, max_excitation: float):
     return table
 
 
-def _detector_d_min(expt) -> float:
+def detector_d_min(expt) -> float:
     """Best resolution reached on the detector (Å), the default d_min."""
     s0 = expt.beam.get_s0()
     return min(panel.get_max_resolution_at_corners(s0) for panel in expt.detector)

@@ -13,9 +13,6 @@ import os
 
 import numpy as np
 from cctbx import crystal, miller
-from dials.array_family import flex
-
-from dials_factored.merging import weighted_mean
 
 logger = logging.getLogger(f"dials.{__name__}")
 
@@ -99,16 +96,27 @@ def load(path: str | None, symmetry: crystal.symmetry, d_min: float) -> Referenc
 
 
 def bootstrap(group: np.ndarray, j: np.ndarray, var_j: np.ndarray, scale: np.ndarray):
-    """I_ref per reflection from the data: the inverse-variance mean of J/scale.
+    """I_ref per observation from the *other* observations of its reflection, and its variance.
 
+    Each observation i estimates I as x_i = J_i/scale_i with variance var_i =
+    var_J/scale²; I_ref for i is the inverse-variance mean of x over the symmetry
+    mates of i without i itself (leave-one-out), so that an observation never pulls
+    its own target towards itself (the self-inclusion bias of low multiplicity).
     ``scale`` = G·exp(B/4d²)·p·qe/lp per observation (counts per unit intensity).
+    Reflections observed once get NaN (no reference) and infinite variance.
     """
-    ok = (scale > 0) & np.isfinite(j) & np.isfinite(var_j)
-    value = np.where(ok, j / np.where(ok, scale, 1.0), 0.0)
-    var = np.where(ok, var_j / np.where(ok, scale, 1.0) ** 2, np.inf)
-    mean, _ = weighted_mean(group, value, var)
-    return mean[group]
+    ok = (scale > 0) & np.isfinite(j) & np.isfinite(var_j) & (var_j > 0)
+    safe = np.where(ok, scale, 1.0)
+    w = np.where(ok, safe ** 2 / np.where(ok, var_j, 1.0), 0.0)
+    x = np.where(ok, j / safe, 0.0)
+    n = int(group.max()) + 1 if len(group) else 0
+    sw = np.bincount(group, weights=w, minlength=n)[group] - w
+    swx = np.bincount(group, weights=w * x, minlength=n)[group] - w * x
+    has = sw > 1e-12 * np.maximum(np.bincount(group, weights=w, minlength=n)[group], 1e-300)
+    mean = np.where(has, swx / np.where(has, sw, 1.0), np.nan)
+    var = np.where(has, 1.0 / np.where(has, sw, 1.0), np.inf)
+    return mean, var
 
 
 __all__ = ["Reference", "ArrayReference", "ReferenceError_", "from_mtz", "from_model", "load",
-           "bootstrap", "flex"]
+           "bootstrap"]

@@ -141,6 +141,11 @@ refinement {
     .type = int(value_min=1)
     .help = "Levenberg-Marquardt iterations per cycle."
     .expert_level = 1
+  min_partiality = 0.1
+    .type = float(value_min=0, value_max=1)
+    .help = "Stills observations with a model partiality below this enter neither the"
+            "fit nor the bootstrapped reference (little signal, least certain p)."
+    .expert_level = 1
 }
 output {
   experiments = factored.expt
