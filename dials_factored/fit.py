@@ -4,7 +4,7 @@ Target (residuals and their analytic sparse Jacobian) and minimiser are separate
 as in ``dials/algorithms/scaling``.  Within one outer cycle the per-reflection
 statistics (J, σ_J, M, σ_M) are fixed numbers; the parameters are
 
-    log G and B per scale node, log R0, log R1a per width node (and log R1b)
+    log G and B per scale node, log R0, log η, log R1a per width node (and log R1b)
 
 Term 1 rows depend on (G, B, R0) only and Term 2 rows on R1 (and, for
 rotation, R0 through the φ moment) only: the Jacobian is block diagonal by
@@ -48,19 +48,23 @@ class Layout:
         return 2 * self.n_nodes
 
     @property
+    def log_eta(self) -> int:
+        return 2 * self.n_nodes + 1
+
+    @property
     def log_r1a(self):
-        return slice(2 * self.n_nodes + 1, 2 * self.n_nodes + 1 + self.n_width)
+        return slice(2 * self.n_nodes + 2, 2 * self.n_nodes + 2 + self.n_width)
 
     @property
     def log_r1b(self):
         if not self.anisotropic:
             return self.log_r1a
-        start = 2 * self.n_nodes + 1 + self.n_width
+        start = 2 * self.n_nodes + 2 + self.n_width
         return slice(start, start + self.n_width)
 
     @property
     def size(self) -> int:
-        return 2 * self.n_nodes + 1 + self.n_width * (2 if self.anisotropic else 1)
+        return 2 * self.n_nodes + 2 + self.n_width * (2 if self.anisotropic else 1)
 
 
 @dataclass
@@ -69,6 +73,8 @@ class Priors:
 
     log_r0_mean: float
     log_r0_sigma: float
+    log_eta_mean: float
+    log_eta_sigma: float
     b_sigma: float
     smooth_log_g: float
     smooth_b: float
@@ -130,10 +136,13 @@ class FactoredTarget:
         bb = (1 - o.w) * b[o.k0] + o.w * b[o.k1]
         gb = np.exp(lg + bb * o.inv_4d2)
         if o.stills:
-            p, dlogp = stills_partiality(o.eps, float(np.exp(x[lay.log_r0])), o.rbw_sq)
+            p, dlogp_r0, dlogp_eta = stills_partiality(
+                o.eps, float(np.exp(x[lay.log_r0])), float(np.exp(x[lay.log_eta])),
+                4.0 * o.inv_4d2, o.rbw_sq)
         else:
-            p, dlogp = np.ones_like(gb), np.zeros_like(gb)
-        return gb * p * o.attenuation * o.i_ref, gb, p, dlogp
+            p = np.ones_like(gb)
+            dlogp_r0 = dlogp_eta = np.zeros_like(gb)
+        return gb * p * o.attenuation * o.i_ref, gb, p, (dlogp_r0, dlogp_eta)
 
     def widths(self, x: np.ndarray):
         """R1a, R1b per reflection (Å⁻¹)."""
@@ -176,7 +185,8 @@ class FactoredTarget:
             (lay.n_nodes + o.k1[s], dj * o.w[s] * o.inv_4d2[s]),
         ]
         if o.stills:
-            ent.append((lay.log_r0, dj * dlogp[s]))
+            ent.append((lay.log_r0, dj * dlogp[0][s]))
+            ent.append((lay.log_eta, dj * dlogp[1][s]))
         add(r1, ent)
 
         # Term 2: shape residuals along a and b
@@ -207,6 +217,8 @@ class FactoredTarget:
         # Priors
         add(np.array([(x[lay.log_r0] - pri.log_r0_mean) / pri.log_r0_sigma]),
             [(lay.log_r0, 1.0 / pri.log_r0_sigma)])
+        add(np.array([(x[lay.log_eta] - pri.log_eta_mean) / pri.log_eta_sigma]),
+            [(lay.log_eta, 1.0 / pri.log_eta_sigma)])
         add(x[lay.b] / pri.b_sigma, [(np.arange(lay.b.start, lay.b.stop), 1.0 / pri.b_sigma)])
         a, b = o.node_pairs
         if len(a):

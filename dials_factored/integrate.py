@@ -181,11 +181,14 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
     layout = Layout(nodes.n_nodes, grid.n_bins, params.profile.anisotropic)
     x = np.zeros(layout.size)
     x[layout.log_r0] = np.log(r0)
+    x[layout.log_eta] = np.log(np.radians(params.partiality.mosaic))
     x[layout.log_r1a] = np.log(r1_init)
     x[layout.log_r1b] = np.log(r1_init)
     priors = Priors(
         log_r0_mean=np.log(r0),
         log_r0_sigma=params.partiality.log_r0_prior_sigma,
+        log_eta_mean=np.log(np.radians(params.partiality.mosaic)),
+        log_eta_sigma=params.partiality.log_mosaic_prior_sigma,
         b_sigma=params.scale.b_prior_sigma,
         smooth_log_g=params.scale.smoothness.log_g,
         smooth_b=params.scale.smoothness.b,
@@ -226,8 +229,7 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         obs_scale = _scale(x, layout, nodes, inv_4d2, eps, rbw_sq, stills) * attenuation
         # observations the model expects to be mostly missed carry little information
         # and the least certain partiality: they enter neither the fit nor I_ref
-        p_now = (stills_partiality(eps, float(np.exp(x[layout.log_r0])), rbw_sq)[0]
-                 if stills else np.ones(len(d)))
+        p_now = _partiality(x, layout, eps, inv_4d2, rbw_sq) if stills else np.ones(len(d))
         informative = p_now >= params.refinement.min_partiality
         boot, boot_var = references.bootstrap(group, j, var_j,
                                               np.where(informative, obs_scale, 0.0))
@@ -312,8 +314,7 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
     j_sum, var_sum, n_fg, _ = summation(pix, fg, usable, bg, n_bg)
     template_coverage = pix.reduce(np.where(usable, P, 0.0))
     gb = _scale(x, layout, nodes, inv_4d2, np.zeros_like(eps), rbw_sq, stills)
-    p = (stills_partiality(eps, float(np.exp(x[layout.log_r0])), rbw_sq)[0] if stills
-         else recorded)
+    p = _partiality(x, layout, eps, inv_4d2, rbw_sq) if stills else recorded
     isf = gb * (p if stills else 1.0)
     var_isf = _isf_variance(cov, layout, nodes, inv_4d2, isf)
 
@@ -366,8 +367,14 @@ def _scale(x, layout, nodes, inv_4d2, eps, rbw_sq, stills):
     b = nodes.interpolate(x[layout.b])
     s = np.exp(lg + b * inv_4d2)
     if stills:
-        s = s * stills_partiality(eps, float(np.exp(x[layout.log_r0])), rbw_sq)[0]
+        s = s * _partiality(x, layout, eps, inv_4d2, rbw_sq)
     return s
+
+
+def _partiality(x, layout, eps, inv_4d2, rbw_sq):
+    """Stills partiality p of every reflection with the current R0 and η."""
+    return stills_partiality(eps, float(np.exp(x[layout.log_r0])),
+                             float(np.exp(x[layout.log_eta])), 4.0 * inv_4d2, rbw_sq)[0]
 
 
 def _fix_gauge(x, layout):
@@ -471,6 +478,7 @@ def _parameter_summary(x, layout, nodes, grid, stills, cov, experiments):
     }
     if stills:
         summary["r0"] = float(np.exp(x[layout.log_r0]))
+        summary["mosaic_deg"] = float(np.degrees(np.exp(x[layout.log_eta])))
     else:
         summary["mosaicity_deg"] = float(np.degrees(np.exp(x[layout.log_r0])))
     if cov is not None:

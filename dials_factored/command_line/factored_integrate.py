@@ -61,6 +61,14 @@ partiality {
     .type = float(value_min=0)
     .help = "Width of the log-normal prior on R0 around its initial value."
     .expert_level = 1
+  mosaic = 0.03
+    .type = float(value_min=0)
+    .help = "Initial mosaic spread η (degrees, stills): it widens the partiality at high"
+            "resolution, R0_eff² = R0² + (η/d)² + R_bw²."
+  log_mosaic_prior_sigma = 1.0
+    .type = float(value_min=0)
+    .help = "Width of the log-normal prior on η around its initial value."
+    .expert_level = 1
 }
 profile {
   r1 = None
@@ -280,7 +288,7 @@ def _log_statistics(result, experiments):
                 np.median(g), g.min(), g.max(), b.mean(), b.std())
     logger.info("Fitted R1(d) nodes (Å⁻¹): %s", " ".join(f"{r:.5f}" for r in p["r1_a"]))
     if "r0" in p:
-        logger.info("Fitted R0 = %.5f Å⁻¹", p["r0"])
+        logger.info("Fitted R0 = %.5f Å⁻¹, mosaic spread η = %.4f°", p["r0"], p["mosaic_deg"])
     else:
         logger.info("Fitted mosaicity = %.4f°", p["mosaicity_deg"])
     logger.info("Outlier pixels masked (hot pixels, zingers): %d", p["outlier_pixels"])

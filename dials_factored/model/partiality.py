@@ -1,10 +1,12 @@
 """Partiality from the radial width R0 (Å⁻¹) of the reciprocal-lattice point (seed §0, §4).
 
-Stills:  p = exp(−ε_r²/R0_eff²),  R0_eff² = R0² + R_bw²,  R_bw² = (bλ)²/(2d⁴)
+Stills:  p = exp(−ε_r²/R0_eff²),  R0_eff² = R0² + η²/d² + R_bw²,  R_bw² = (bλ)²/(2d⁴)
 
-with ε_r the excitation error (Å⁻¹) and b the relative rms bandwidth of the
-beam (a known constant: a Gaussian spectrum of rms bλ moves the Ewald sphere by
-bλ/(2d²) at resolution d).  Rotation: R0 sets the spread in φ of each
+with ε_r the excitation error (Å⁻¹), R0 the resolution-independent radial width
+(finite domains), η (rad) the mosaic spread, which smears a point at |q| = 1/d
+by η/d, and b the relative rms bandwidth of the beam (a known constant: a
+Gaussian spectrum of rms bλ moves the Ewald sphere by bλ/(2d²) at resolution d).
+R0 and η are global (one per run) with log-normal priors.  Rotation: R0 sets the spread in φ of each
 reflection, σ_φ = R0_eff/(√2 |dε_r/dφ|) (see ``profile``).  R0 is one global
 parameter per run, fitted as log R0 under a log-normal prior.
 """
@@ -19,12 +21,18 @@ def bandwidth_sq(d: np.ndarray, wavelength: np.ndarray, bandwidth: float) -> np.
     return (bandwidth * wavelength) ** 2 / (2.0 * d ** 4)
 
 
-def stills_partiality(eps: np.ndarray, r0: float, rbw_sq: np.ndarray):
-    """p and ∂ log p/∂ log R0 per reflection."""
-    r0_eff_sq = r0 ** 2 + rbw_sq
+def stills_partiality(eps: np.ndarray, r0: float, eta: float, inv_d2: np.ndarray,
+                      rbw_sq: np.ndarray):
+    """p, ∂log p/∂log R0 and ∂log p/∂log η per reflection (see the module docstring).
+
+    ``eps`` in Å⁻¹, ``r0`` in Å⁻¹, ``eta`` in rad, ``inv_d2`` = 1/d² (Å⁻²),
+    ``rbw_sq`` = R_bw² (Å⁻²).
+    """
+    mosaic_sq = eta ** 2 * inv_d2
+    r0_eff_sq = r0 ** 2 + mosaic_sq + rbw_sq
     p = np.exp(-(eps ** 2) / r0_eff_sq)
-    dlogp = 2.0 * eps ** 2 * r0 ** 2 / r0_eff_sq ** 2
-    return p, dlogp
+    common = 2.0 * eps ** 2 / r0_eff_sq ** 2
+    return p, common * r0 ** 2, common * mosaic_sq
 
 
 def rotation_sigma_z(r0: float, rate: np.ndarray, osc_deg: np.ndarray):
