@@ -22,7 +22,7 @@ from scitbx.array_family import flex
 from scitbx.lstbx import normal_eqns, normal_eqns_solving
 
 from dials_factored.model.partiality import rotation_sigma_z, stills_partiality
-from dials_factored.residuals.shape import truncation
+from dials_factored.residuals.shape import binned_frame_moment, truncation
 
 logger = logging.getLogger(f"dials.{__name__}")
 
@@ -115,6 +115,9 @@ class Observations:
     sigma_mz: np.ndarray = field(default_factory=lambda: np.zeros(0))
     rate: np.ndarray = field(default_factory=lambda: np.zeros(0))
     osc: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    z_centre: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    z_first: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    z_last: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
     node_pairs: tuple = (np.zeros(0, int), np.zeros(0, int))
     width_pairs: tuple = (np.zeros(0, int), np.zeros(0, int))
 
@@ -210,9 +213,10 @@ class FactoredTarget:
         # Rotation: second moment along φ constrains R0
         if not o.stills and o.use_z.any():
             s = o.use_z
-            sz, dsz2 = rotation_sigma_z(float(np.exp(x[lay.log_r0])), o.rate[s], o.osc[s])
-            model = sz ** 2 + 1.0 / 12.0
-            add((o.m_z[s] - model) / o.sigma_mz[s], [(lay.log_r0, -dsz2 / o.sigma_mz[s])])
+            sz, _ = rotation_sigma_z(float(np.exp(x[lay.log_r0])), o.rate[s], o.osc[s])
+            model, dmodel = binned_frame_moment(o.z_centre[s], o.z_first[s], o.z_last[s], sz)
+            # σ_z ∝ R0, so ∂M/∂log R0 = ∂M/∂log σ_z
+            add((o.m_z[s] - model) / o.sigma_mz[s], [(lay.log_r0, -dmodel / o.sigma_mz[s])])
 
         # Priors
         add(np.array([(x[lay.log_r0] - pri.log_r0_mean) / pri.log_r0_sigma]),

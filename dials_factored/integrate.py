@@ -18,14 +18,25 @@ from dials.array_family import flex
 from dials_factored import prediction, profile
 from dials_factored import reference as references
 from dials_factored.arrays import to_numpy
+from dials_factored.error_model import fit_relative_error
 from dials_factored.fit import FactoredTarget, Layout, Observations, Priors, minimise
 from dials_factored.merging import asu_groups, symmetry_of
 from dials_factored.model.partiality import bandwidth_sq, rotation_sigma_z, stills_partiality
 from dials_factored.model.scale import build_nodes
 from dials_factored.model.width import build_grid
 from dials_factored.residuals.intensity import outlier_pixels, profile_fit, summation
-from dials_factored.residuals.shape import observed_frame_moment, observed_moments
-from dials_factored.shoeboxes import Boxes, background, extract, pixel_area_eps
+from dials_factored.residuals.shape import (
+    observed_frame_moment,
+    observed_moments,
+    window_frames,
+)
+from dials_factored.shoeboxes import (
+    Boxes,
+    background,
+    claimed_by_neighbours,
+    extract,
+    pixel_area_eps,
+)
 
 logger = logging.getLogger(f"dials.{__name__}")
 
@@ -195,34 +206,31 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         smooth_log_r1=params.profile.smoothness,
     )
     usable = pix.usable.copy()
+    rotation = None if stills else (zc, zeta, osc)
     outlier_mask = np.zeros(len(usable), bool)
     j_expected = None
     history = []
     n_outliers = 0
     for cycle in range(params.refinement.n_cycles):
         t_cycle = time.time()
-        ra, rb = target_widths(x, layout, grid)
-        ra_eff, rb_eff = profile.effective_widths(ra, rb, area)
-        P = profile.tangential(pix, ra_eff, rb_eff, area)
-        if not stills:
-            sz, _ = rotation_sigma_z(float(np.exp(x[layout.log_r0])), np.abs(zeta), osc)
-            P = P * profile.frame_fraction(pix, zc, sz)
-        fg = profile.window(pix, ra_eff, rb_eff, params.profile.window_sigma)
-        bg, n_bg = background(pix, fg)
+        tpl = _template(pix, x, layout, grid, area, usable, params.profile.window_sigma, rotation)
+        P, fg, mine, bg, n_bg = tpl.P, tpl.fg, tpl.usable, tpl.bg, tpl.n_bg
+        ra_eff, rb_eff = tpl.widths
         if j_expected is None:
-            j_sum, _, _, _ = summation(pix, fg, usable, bg, n_bg)
+            j_sum, _, _, _ = summation(pix, fg, mine, bg, n_bg)
             j_expected = np.maximum(j_sum, 0.0)
             for _ in range(2):
-                j, var_j = profile_fit(pix, P, usable, bg, n_bg, j_expected)
+                j, var_j = profile_fit(pix, P, mine, bg, n_bg, j_expected)
                 j_expected = np.maximum(j, 0.0)
-        j_obs, _ = profile_fit(pix, P, usable, bg, n_bg, j_expected)
-        outliers = outlier_pixels(pix, P, usable, bg, np.maximum(j_expected, j_obs),
+        j_obs, _ = profile_fit(pix, P, mine, bg, n_bg, j_expected)
+        outliers = outlier_pixels(pix, P, mine, bg, np.maximum(j_expected, j_obs),
                                   params.outliers.pixel_threshold)
         n_new = int(outliers.sum())
         usable &= ~outliers
+        mine &= ~outliers
         outlier_mask |= outliers
         n_outliers += n_new
-        j, var_j = profile_fit(pix, P, usable, bg, n_bg, j_expected)
+        j, var_j = profile_fit(pix, P, mine, bg, n_bg, j_expected)
         sigma_j = np.sqrt(var_j)
 
         # The scale per observation with the current parameters, and I_ref
@@ -231,8 +239,8 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         # and the least certain partiality: they enter neither the fit nor I_ref
         p_now = _partiality(x, layout, eps, inv_4d2, rbw_sq) if stills else np.ones(len(d))
         informative = p_now >= params.refinement.min_partiality
-        boot, boot_var = references.bootstrap(group, j, var_j,
-                                              np.where(informative, obs_scale, 0.0))
+        boot, boot_var, _ = references.bootstrap(
+            group, j, var_j, np.where(informative, obs_scale, 0.0))
         if ext_ref is not None and cycle == 0:
             # put the external reference on the data's scale once (G then absorbs drift):
             # the weighted least-squares k of J ≈ k · scale · I_ref
@@ -244,12 +252,13 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         external = np.isfinite(ref_values)
         i_ref = np.where(external, ref_values, boot)
         # Term-1 σ: the profile-fit σ_J and the uncertainty of a bootstrapped I_ref
+        # (Fisher weights: the error model below only widens the output σ)
         sigma_1 = np.sqrt(var_j + np.where(external, 0.0, obs_scale ** 2 * boot_var))
 
         # Term 2 statistics in the window drawn with the current widths
         j_model_now = obs_scale * i_ref
         expected_now = _expected(j_model_now, j)
-        ma, mb, sa, sb, _ = observed_moments(pix, fg, usable, bg, P, expected_now)
+        ma, mb, sa, sb, _ = observed_moments(pix, fg, mine, bg, P, expected_now)
         strong_now = (j / sigma_j > params.profile.min_i_over_sigma) & (expected_now > 0)
         use2 = strong_now & np.isfinite(sa) & np.isfinite(sb) & (sa > 0) & (sb > 0)
         k2 = params.profile.window_sigma ** 2
@@ -266,16 +275,18 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
             width_pairs=(np.arange(grid.n_bins - 1), np.arange(1, grid.n_bins)),
         )
         if not stills:
-            mz, smz = observed_frame_moment(pix, fg, usable, bg, P, expected_now, zc)
+            mz, smz = observed_frame_moment(pix, fg, mine, bg, P, expected_now, zc)
             obs.use_z = use2 & np.isfinite(smz) & (smz > 0)
             obs.m_z, obs.sigma_mz, obs.rate, obs.osc = mz, smz, np.abs(zeta), osc
+            obs.z_centre = zc
+            obs.z_first, obs.z_last = window_frames(pix, fg & mine)
         target = FactoredTarget(obs, layout, priors)
         x_old = x.copy()
         x, objective, n_iter, cov = minimise(target, x, params.refinement.max_iterations)
         if ext_ref is None:
             x = _fix_gauge(x, layout)
-        j_expected = _expected(
-            _scale(x, layout, nodes, inv_4d2, eps, rbw_sq, stills) * attenuation * i_ref, j)
+        obs_scale = _scale(x, layout, nodes, inv_4d2, eps, rbw_sq, stills) * attenuation
+        j_expected = _expected(obs_scale * i_ref, j)
         step = {
             "cycle": cycle + 1,
             "objective": objective,
@@ -298,33 +309,35 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
             "R0" if stills else "mosaicity (rad)", step["r0"], step["seconds"])
 
     # Final statistics with the fitted model
-    ra, rb = target_widths(x, layout, grid)
-    ra_eff, rb_eff = profile.effective_widths(ra, rb, area)
-    P = profile.tangential(pix, ra_eff, rb_eff, area)
+    tpl = _template(pix, x, layout, grid, area, usable, params.profile.window_sigma, rotation)
+    P, fg, mine, bg, n_bg = tpl.P, tpl.fg, tpl.usable, tpl.bg, tpl.n_bg
     recorded = np.ones(len(d))
     if not stills:
-        sz, _ = rotation_sigma_z(float(np.exp(x[layout.log_r0])), np.abs(zeta), osc)
-        frac = profile.frame_fraction(pix, zc, sz)
-        P = P * frac
         per_frame = (boxes.x1 - boxes.x0) * (boxes.y1 - boxes.y0)
-        recorded = pix.reduce(frac) / per_frame
-    fg = profile.window(pix, ra_eff, rb_eff, params.profile.window_sigma)
-    bg, n_bg = background(pix, fg)
-    j, var_j = profile_fit(pix, P, usable, bg, n_bg, j_expected)
-    j_sum, var_sum, n_fg, _ = summation(pix, fg, usable, bg, n_bg)
-    template_coverage = pix.reduce(np.where(usable, P, 0.0))
+        recorded = pix.reduce(tpl.frame_fraction) / per_frame
+    j, var_j = profile_fit(pix, P, mine, bg, n_bg, j_expected)
+    # the error model from the final fit, applied to the model-expected amplitude
+    # (never the observed J)
+    final_scale = _scale(x, layout, nodes, inv_4d2, eps, rbw_sq, stills) * attenuation
+    template_coverage = pix.reduce(np.where(mine, P, 0.0))
+    b_rel = _relative_error(group, j, var_j, final_scale,
+                            informative & (template_coverage >= params.output.min_profile_coverage))
+    logger.info("Error model: relative error b = %.4f (σ² = σ_counting² + (b·J_model)²)", b_rel)
+    var_j = var_j + (b_rel * j_expected) ** 2
+    j_sum, var_sum, n_fg, _ = summation(pix, fg, mine, bg, n_bg)
     gb = _scale(x, layout, nodes, inv_4d2, np.zeros_like(eps), rbw_sq, stills)
     p = _partiality(x, layout, eps, inv_4d2, rbw_sq) if stills else recorded
     isf = gb * (p if stills else 1.0)
     var_isf = _isf_variance(cov, layout, nodes, inv_4d2, isf)
 
     over = pix.reduce((pix.overloaded & fg).astype(float)) > 0
-    centroid = _centroids(pix, fg & usable, bg, xyz, boxes)
+    centroid = _centroids(pix, fg & mine, bg, xyz, boxes)
     out = _output_table(table, j, var_j, j_sum, var_sum, bg, n_fg, isf, var_isf, p, lp, qe,
                         centroid, over, template_coverage, params, boxes)
     timings["total"] = time.time() - t_start
     parameters = _parameter_summary(x, layout, nodes, grid, stills, cov, experiments)
     parameters["outlier_pixels"] = n_outliers
+    parameters["error_model_b"] = b_rel
     j_model = _scale(x, layout, nodes, inv_4d2, eps, rbw_sq, stills) * attenuation * i_ref
     image = ids[pix.owner] if stills else pix.frame
     diagnostics = {
@@ -333,6 +346,54 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
                                           minlength=int(image.max()) + 1 if len(image) else 0),
     }
     return Result(out, parameters, history, timings, diagnostics)
+
+
+@dataclass
+class _Template:
+    """Everything drawn from the current widths for one pass over the pixels."""
+
+    P: np.ndarray  # template per pixel
+    fg: np.ndarray  # foreground window (3D for rotation)
+    usable: np.ndarray  # usable and not in a neighbour's foreground outside our own
+    bg: np.ndarray  # background per reflection (counts/pixel)
+    n_bg: np.ndarray  # pixels behind it
+    frame_fraction: np.ndarray | None  # rotation: F_f per pixel
+    widths: tuple  # (R_eff a, R_eff b) per reflection
+
+
+def _template(pix, x, layout, grid, area, usable, window_sigma, rotation) -> _Template:
+    """P_p, the foreground and the background for the parameters ``x``.
+
+    ``rotation`` is (z_c, ζ, Δφ) per reflection for rotation data, None for stills.
+    The foreground of a rotation reflection is limited to the frames within
+    ``window_sigma`` σ_z (+½ frame) of its centre, so that neighbours on other frames
+    are not counted in its moments; pixels in a neighbour's foreground are dropped from
+    ours unless they are in our own foreground too.
+    """
+    ra, rb = target_widths(x, layout, grid)
+    ra_eff, rb_eff = profile.effective_widths(ra, rb, area)
+    P = profile.tangential(pix, ra_eff, rb_eff, area)
+    fg = profile.window(pix, ra_eff, rb_eff, window_sigma)
+    frac = None
+    if rotation is not None:
+        zc, zeta, osc = rotation
+        sz, _ = rotation_sigma_z(float(np.exp(x[layout.log_r0])), np.abs(zeta), osc)
+        frac = profile.frame_fraction(pix, zc, sz)
+        P = P * frac
+        fg &= profile.frame_window(pix, zc, sz, window_sigma)
+    mine = usable & ~(claimed_by_neighbours(pix, fg) & ~fg)
+    bg, n_bg = background(pix, fg, mine)
+    return _Template(P, fg, mine, bg, n_bg, frac, (ra_eff, rb_eff))
+
+
+def _relative_error(group, j, var_j, obs_scale, informative) -> float:
+    """The error model's b from the deviations of J/scale from their symmetry mates."""
+    scale = np.where(informative, obs_scale, 0.0)
+    ref, var_ref, n_others = references.bootstrap(group, j, var_j, scale)
+    ok = scale > 0
+    safe = np.where(ok, scale, 1.0)
+    return fit_relative_error(np.where(ok, j / safe, np.nan), var_j / safe ** 2,
+                              np.where(ok, ref, np.nan), var_ref, n_others)
 
 
 def _expected(j_model: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -463,8 +524,9 @@ def _select(mask, *arrays):
 
 
 def _parameter_summary(x, layout, nodes, grid, stills, cov, experiments):
-    g = np.exp(x[layout.log_g])
+    """Fitted parameters for the log and the JSON."""
     b = x[layout.b]
+    g = np.exp(x[layout.log_g])
     summary = {
         "kind": "stills" if stills else "rotation",
         "nodes": [

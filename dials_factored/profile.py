@@ -55,3 +55,9 @@ def window(pix, ra_eff: np.ndarray, rb_eff: np.ndarray, k: float) -> np.ndarray:
     """Foreground: pixels inside the ellipse ε1²/Ra² + ε2²/Rb² < k²."""
     o = pix.owner
     return (pix.e1 / ra_eff[o]) ** 2 + (pix.e2 / rb_eff[o]) ** 2 < k * k
+
+
+def frame_window(pix, z_centre: np.ndarray, sigma_z: np.ndarray, k: float) -> np.ndarray:
+    """Rotation foreground along φ: frames whose centre is within k·σ_z + ½ of z_c."""
+    o = pix.owner
+    return np.abs(pix.frame + 0.5 - z_centre[o]) <= k * sigma_z[o] + 0.5

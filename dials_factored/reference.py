@@ -104,6 +104,7 @@ def bootstrap(group: np.ndarray, j: np.ndarray, var_j: np.ndarray, scale: np.nda
     its own target towards itself (the self-inclusion bias of low multiplicity).
     ``scale`` = G·exp(B/4d²)·p·qe/lp per observation (counts per unit intensity).
     Reflections observed once get NaN (no reference) and infinite variance.
+    Returns (I_ref, its variance, the number of observations behind it).
     """
     ok = (scale > 0) & np.isfinite(j) & np.isfinite(var_j) & (var_j > 0)
     safe = np.where(ok, scale, 1.0)
@@ -111,11 +112,12 @@ def bootstrap(group: np.ndarray, j: np.ndarray, var_j: np.ndarray, scale: np.nda
     x = np.where(ok, j / safe, 0.0)
     n = int(group.max()) + 1 if len(group) else 0
     sw = np.bincount(group, weights=w, minlength=n)[group] - w
+    n_others = np.bincount(group, weights=ok.astype(float), minlength=n)[group] - ok
     swx = np.bincount(group, weights=w * x, minlength=n)[group] - w * x
     has = sw > 1e-12 * np.maximum(np.bincount(group, weights=w, minlength=n)[group], 1e-300)
     mean = np.where(has, swx / np.where(has, sw, 1.0), np.nan)
     var = np.where(has, 1.0 / np.where(has, sw, 1.0), np.inf)
-    return mean, var
+    return mean, var, n_others
 
 
 __all__ = ["Reference", "ArrayReference", "ReferenceError_", "from_mtz", "from_model", "load",

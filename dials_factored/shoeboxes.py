@@ -62,6 +62,7 @@ class Pixels:
     e2: np.ndarray  # float32, Å⁻¹, radial offset
     frame: np.ndarray  # int32, image index within the experiment's scan (0 for stills)
     start: np.ndarray  # int64, n_refl + 1 offsets
+    site: np.ndarray  # int64, the physical pixel (image, panel, x, y): equal where boxes overlap
 
     @property
     def owner(self) -> np.ndarray:
@@ -160,20 +161,24 @@ def extract(experiments, table, boxes: Boxes, gain: float = 1.0, progress=None,
     frame = (boxes.z0[owner] + (np.arange(total) - start[owner]) // per_layer).astype(np.int32)
     del owner, per_layer
 
+    site = -1 - np.arange(total, dtype=np.int64)  # pixels off every panel stay unique
+
     ids = to_numpy(table["id"]).astype(int)
     jobs = _image_jobs(experiments, ids, boxes)
     cutter = _ImageCutter(experiments, ids, to_numpy(table["s1"]), boxes, start, gain, jobs)
     for n_done, pieces in enumerate(_map_jobs(cutter, len(jobs), nproc)):
-        for dest, value, ok, is_over, f1, f2 in pieces:
+        for dest, value, ok, is_over, f1, f2, key in pieces:
             counts[dest] = value
             usable[dest] = ok
             over[dest] = is_over
             e1[dest] = f1
             e2[dest] = f2
+            site[dest] = key
         if progress is not None:
             progress(n_done + 1, len(jobs))
+    site = np.unique(site, return_inverse=True)[1].astype(np.int64)
     logger.debug("Extracted %d pixels for %d reflections", total, n_refl)
-    return Pixels(counts, usable, over, e1, e2, frame, start)
+    return Pixels(counts, usable, over, e1, e2, frame, start, site)
 
 
 @dataclass
@@ -189,7 +194,11 @@ class _ImageCutter:
     jobs: list
 
     def __call__(self, job_index: int) -> list:
-        """(destination, counts, usable, overloaded, ε1, ε2) per panel of image ``job_index``."""
+        """(destination, counts, usable, overloaded, ε1, ε2, site) per panel of an image.
+
+        The site number identifies the physical pixel (image, panel, x, y) for pixels
+        on the panel, so that boxes sharing a pixel can be found.
+        """
         imageset, index, expt_ids, frame_number = self.jobs[job_index]
         boxes = self.boxes
         data = imageset.get_raw_data(index)
@@ -197,7 +206,9 @@ class _ImageCutter:
         on_image = (np.isin(self.ids, expt_ids) & (boxes.z0 <= frame_number)
                     & (boxes.z1 > frame_number))
         pieces = []
-        for pid, panel in enumerate(imageset.get_detector()):
+        detector = imageset.get_detector()
+        n_panels = len(detector)
+        for pid, panel in enumerate(detector):
             sel = np.flatnonzero(on_image & (boxes.panel == pid))
             if len(sel) == 0:
                 continue
@@ -206,6 +217,9 @@ class _ImageCutter:
             ref, x, y, local = _box_pixels(boxes, sel, frame_number - boxes.z0[sel])
             ny, nx = image.shape
             inside = (x >= 0) & (x < nx) & (y >= 0) & (y < ny)
+            site = np.where(
+                inside, ((job_index * n_panels + pid) * ny + y).astype(np.int64) * nx + x,
+                -1 - (self.start[ref] + local))
             xi, yi = np.clip(x, 0, nx - 1), np.clip(y, 0, ny - 1)
             value = image[yi, xi].astype(np.float32)
             finite = inside & np.isfinite(value)
@@ -221,6 +235,7 @@ class _ImageCutter:
                 is_over,
                 np.einsum("ij,ij->i", diff, f1).astype(np.float32),
                 np.einsum("ij,ij->i", diff, f2).astype(np.float32),
+                site,
             ))
         return pieces
 
@@ -280,16 +295,30 @@ def _image_jobs(experiments, ids: np.ndarray, boxes: Boxes):
     return jobs
 
 
-def background(pix: Pixels, window: np.ndarray, n_iter: int = 3, clip: float = 4.0):
+def claimed_by_neighbours(pix: Pixels, foreground: np.ndarray) -> np.ndarray:
+    """Pixels that lie in the foreground of another reflection's box.
+
+    Boxes overlap where spots are close; a pixel in a neighbour's foreground
+    carries the neighbour's photons and must not count as this reflection's
+    background (nor, outside its own foreground, enter its profile fit).
+    """
+    claims = np.bincount(pix.site, weights=foreground, minlength=int(pix.site.max()) + 1
+                         if len(pix.site) else 0)
+    return claims[pix.site] - foreground > 0
+
+
+def background(pix: Pixels, window: np.ndarray, usable: np.ndarray | None = None,
+               n_iter: int = 3, clip: float = 4.0):
     """Robust mean background per reflection and the number of pixels behind it.
 
-    Uses usable pixels outside the reflection's foreground ``window``; pixels
+    Uses usable pixels (``usable``, default the store's) outside the
+    reflection's foreground ``window``; pixels
     more than ``clip`` Poisson σ above the current mean are dropped, repeated
     ``n_iter`` times (hot pixels, zingers and neighbours' tails never enter).
     The constant background of an unbiased Poisson mean is kept (not a median,
     which is biased low for small counts).  Returns (Bg counts/pixel, n_bg).
     """
-    use = pix.usable & ~window
+    use = (pix.usable if usable is None else usable) & ~window
     owner = pix.owner
     bg = np.zeros(len(pix.start) - 1)
     n = np.zeros_like(bg)

@@ -45,7 +45,7 @@ def make_pixels(amplitudes, r1, bg_level, half=7, seed=0, hot=None):
     if hot is not None:
         counts[hot] += 5000
     pix = Pixels(counts, usable, np.zeros(len(counts), bool), e1, e2,
-                 np.zeros(len(counts), np.int32), start)
+                 np.zeros(len(counts), np.int32), start, np.arange(len(counts)))
     return pix, area, reff
 
 

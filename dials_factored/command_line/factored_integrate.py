@@ -119,7 +119,7 @@ scale {
       .type = float(value_min=0)
       .help = "σ of the prior on log G differences between neighbouring rotation nodes."
       .expert_level = 1
-    b = 2.0
+    b = 0.5
       .type = float(value_min=0)
       .help = "σ (Å²) of the prior on B differences between neighbouring rotation nodes."
       .expert_level = 1

@@ -17,13 +17,25 @@ pixel-sampling variance.  The variance of M is the model-expected one,
 
 so weak reflections carry almost no weight and R1 is set by strong spots.
 
-For rotation data the same statistic along the rotation (in frames),
-M_z = Σ (I − Bg)(f + ½ − z_c)² / Σ (I − Bg) against σ_z² + 1/12, constrains R0.
+For rotation data the same statistic along the rotation (in frames, over the
+frames f_a..f_b of the 3D foreground window),
+
+    M_z = Σ (I − Bg)(f + ½ − z_c)² / Σ (I − Bg)
+
+against its exact expectation for a Gaussian of σ_z binned into frames,
+Σ F_f (f + ½ − z_c)² / Σ F_f with F_f = Φ((f+1−z_c)/σ_z) − Φ((f−z_c)/σ_z) (a spot
+much narrower than a frame has M_z = (f + ½ − z_c)², not the average 1/12), with
+the same model-expected σ and a floor of ``FRAME_MOMENT_FLOOR`` frames² for the
+error of the predicted z_c; it constrains the mosaic spread.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import ndtr
+
+#: Floor (frames²) on σ of the frame moment: a 0.03-frame error of z_c at ½ frame.
+FRAME_MOMENT_FLOOR = 0.03
 
 
 def truncation(t: np.ndarray):
@@ -68,4 +80,35 @@ def observed_frame_moment(pix, fg, usable, bg, P, j_model, z_centre):
     v = np.where(use, np.maximum(bg, 0.0)[o] + jm[o] * P, 0.0)
     expected = np.maximum(jm * pix.reduce(np.where(use, P, 0.0)), 1e-9)
     var = pix.reduce(v * (dz2 - mz[o]) ** 2) / expected ** 2
-    return mz, np.sqrt(var)
+    return mz, np.sqrt(var + FRAME_MOMENT_FLOOR ** 2)
+
+
+def window_frames(pix, fg) -> tuple[np.ndarray, np.ndarray]:
+    """First and last frame of each reflection's foreground (−1, −2 where it has none)."""
+    big = np.iinfo(np.int32).max
+    first = np.minimum.reduceat(np.where(fg, pix.frame, big), pix.start[:-1])
+    last = np.maximum.reduceat(np.where(fg, pix.frame, -big), pix.start[:-1])
+    none = first == big
+    return np.where(none, -1, first), np.where(none, -2, last)
+
+
+def binned_frame_moment(z_centre, first, last, sigma_z):
+    """Expected M_z and ∂M_z/∂log σ_z of a Gaussian binned into frames first..last.
+
+    All arguments per reflection (frames); see the module docstring.
+    """
+    width = int(np.max(last - first + 1)) if len(first) else 0
+    f = first[:, None] + np.arange(max(width, 1))[None, :]
+    inside = f <= last[:, None]
+    s = sigma_z[:, None]
+    a = (f - z_centre[:, None]) / s
+    b = a + 1.0 / s
+    frac = np.where(inside, ndtr(b) - ndtr(a), 0.0)
+    pdf_a = np.exp(-0.5 * a * a) / np.sqrt(2 * np.pi)
+    pdf_b = np.exp(-0.5 * b * b) / np.sqrt(2 * np.pi)
+    dfrac = np.where(inside, -(b * pdf_b - a * pdf_a), 0.0)  # ∂F/∂log σ
+    u2 = (f + 0.5 - z_centre[:, None]) ** 2
+    total = np.maximum(frac.sum(axis=1), 1e-300)
+    moment = (frac * u2).sum(axis=1) / total
+    dmoment = ((dfrac * u2).sum(axis=1) - moment * dfrac.sum(axis=1)) / total
+    return moment, dmoment
