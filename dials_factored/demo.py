@@ -67,10 +67,11 @@ def true_symmetry(models: Path) -> tuple[str, tuple[float, ...]]:
     return symbol, tuple(crystal.get_unit_cell().parameters())
 
 
-def ideal_from_observations(path: Path, truth, shells: ev.Shells) -> ev.Score:
-    """The ideal estimator's score from the simulator's per-observation truth."""
+def ideal_from_observations(path: Path, truth, shells: ev.Shells, on) -> ev.Score:
+    """The ideal estimator's score, from the simulator's per-observation truth, on the
+    reflections of the merged array ``on``."""
     obs = np.load(path)
-    return ev.ideal_score(truth, obs["miller_index"], obs["ideal_variance"], shells)
+    return ev.ideal_score(truth, obs["miller_index"], obs["ideal_variance"], shells, on=on)
 
 
 def score_routes(sim: dp.Stage, routes: dict[str, dp.Stage], n_shells: int):
@@ -82,7 +83,8 @@ def score_routes(sim: dp.Stage, routes: dict[str, dp.Stage], n_shells: int):
         merged = ev.read_mtz_intensities(stage.files["merged_mtz"], "IMEAN")
         unmerged = ev.read_scaled_table(stage.files["scaled_expt"], stage.files["scaled_refl"])
         scores[name] = ev.score_merged(merged, truth, shells, unmerged=unmerged)
-    return scores, ideal_from_observations(sim.files["observations"], truth, shells)
+    on = ev.read_mtz_intensities(routes["factored"].files["merged_mtz"], "IMEAN")
+    return scores, ideal_from_observations(sim.files["observations"], truth, shells, on)
 
 
 def run(workdir: Path, nproc: int, n_shells: int = 10) -> dict:

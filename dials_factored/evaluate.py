@@ -339,12 +339,16 @@ def observation_z(observations: miller.array, truth: miller.array, shells: Shell
     }
 
 
-def ideal_score(truth: miller.array, indices, variances, shells: Shells) -> Score:
+def ideal_score(truth: miller.array, indices, variances, shells: Shells,
+                on: miller.array | None = None) -> Score:
     """The per-shell CC of an ideal estimator (see the module docstring).
 
     ``indices`` are the Miller indices of the observations, ``variances`` the variance of
     each observation's ideal estimate of I_true, in units of I_true (photon counting and
-    background only).  ``truth`` comes from :func:`prepare_truth`.
+    background only).  ``truth`` comes from :func:`prepare_truth`.  With ``on`` (a merged
+    array, any setting), the ideal is evaluated on the reflections ``on`` holds, so that
+    it can be set beside a route's CC on the same reflections; a reflection seen only in
+    observations with a tiny partiality otherwise dominates the noise sum.
     """
     variances = np.asarray(variances, dtype=float)
     obs = miller.set(truth.crystal_symmetry(),
@@ -354,6 +358,12 @@ def ideal_score(truth: miller.array, indices, variances, shells: Shells) -> Scor
     keep = np.isfinite(variances[o_idx]) & (variances[o_idx] > 0)
     info = np.bincount(t_idx[keep], weights=1 / variances[o_idx][keep], minlength=truth.size())
     seen = info > 0
+    if on is not None:
+        moved, _ = match_to_truth(on, truth)
+        listed = miller.match_indices(truth.indices(), asu_unique(moved).indices())
+        chosen = np.zeros(truth.size(), bool)
+        chosen[np.asarray(listed.pairs().column(0), dtype=int)] = True
+        seen &= chosen
     merged_var = np.where(seen, 1 / np.where(seen, info, 1), np.inf)
     i_true = truth.data().as_numpy_array()
     truth_shell = shells.assign(truth.d_spacings().data().as_numpy_array())

@@ -22,6 +22,7 @@ from scitbx.array_family import flex
 from scitbx.lstbx import normal_eqns, normal_eqns_solving
 
 from dials_factored.model.partiality import rotation_sigma_z, stills_partiality
+from dials_factored.reference import merged
 from dials_factored.residuals.shape import binned_frame_moment, truncation
 
 logger = logging.getLogger(f"dials.{__name__}")
@@ -79,6 +80,10 @@ class Priors:
     smooth_log_g: float
     smooth_b: float
     smooth_log_r1: float
+    #: σ of the gauge terms mean(log G) = 0 and mean(B) = 0 (only when no external
+    #: reference fixes the overall scale): they remove the exact degeneracy of G·I_h
+    #: and B with a bootstrapped I_h without biasing anything else.
+    gauge_sigma: float | None = None
 
 
 @dataclass
@@ -94,6 +99,8 @@ class Observations:
     k1: np.ndarray
     w: np.ndarray
     use1: np.ndarray  # reflections in Term 1
+    group: np.ndarray | None  # unique reflection of each row, for a bootstrapped I_ref
+    bootstrapped: np.ndarray  # rows whose I_ref is the data's own I_h (else ``i_ref``)
     stills: bool
     eps: np.ndarray
     rbw_sq: np.ndarray
@@ -131,7 +138,14 @@ class FactoredTarget:
         self.priors = priors
 
     def scale_model(self, x: np.ndarray):
-        """J_model per reflection and its pieces (G·B_term, p, ∂log p/∂log R0)."""
+        """J_model per reflection and its pieces (G·B_term, p, ∂log p/∂log R0, ∂log p/∂log η).
+
+        Rows with a bootstrapped reference use I_h = the least-squares mean of their
+        symmetry mates' J/scale with the current scales (self included): I_h is
+        profiled out, and its derivative is left out of the Jacobian, which keeps the
+        gradient exact at I_h's optimum (the envelope theorem) and only approximates
+        the curvature.
+        """
         o, lay = self.obs, self.layout
         log_g = x[lay.log_g]
         b = x[lay.b]
@@ -145,7 +159,13 @@ class FactoredTarget:
         else:
             p = np.ones_like(gb)
             dlogp_r0 = dlogp_eta = np.zeros_like(gb)
-        return gb * p * o.attenuation * o.i_ref, gb, p, (dlogp_r0, dlogp_eta)
+        scale = gb * p * o.attenuation
+        i_ref = o.i_ref
+        if o.group is not None and o.bootstrapped.any():
+            use = o.bootstrapped & o.use1
+            i_h = merged(o.group, o.j, o.sigma_j ** 2, np.where(use, scale, 0.0))
+            i_ref = np.where(o.bootstrapped, i_h, o.i_ref)
+        return scale * i_ref, gb, p, (dlogp_r0, dlogp_eta)
 
     def widths(self, x: np.ndarray):
         """R1a, R1b per reflection (Å⁻¹)."""
@@ -174,6 +194,16 @@ class FactoredTarget:
                     cols.append(col[nz])
                     vals.append(val[nz])
             n += len(r)
+
+        def add_row(value, columns, weight):
+            """One residual ``value`` depending on many parameters with one weight."""
+            nonlocal n
+            res.append(np.array([value]))
+            if need_jacobian:
+                rows.append(np.full(len(columns), n))
+                cols.append(columns)
+                vals.append(np.full(len(columns), weight))
+            n += 1
 
         # Term 1: intensity / scaling residuals
         jm, _, _, dlogp = self.scale_model(x)
@@ -224,6 +254,10 @@ class FactoredTarget:
         add(np.array([(x[lay.log_eta] - pri.log_eta_mean) / pri.log_eta_sigma]),
             [(lay.log_eta, 1.0 / pri.log_eta_sigma)])
         add(x[lay.b] / pri.b_sigma, [(np.arange(lay.b.start, lay.b.stop), 1.0 / pri.b_sigma)])
+        if pri.gauge_sigma:
+            n_nodes, w = lay.n_nodes, 1.0 / (lay.n_nodes * pri.gauge_sigma)
+            add_row(x[lay.log_g].mean() / pri.gauge_sigma, np.arange(n_nodes), w)
+            add_row(x[lay.b].mean() / pri.gauge_sigma, np.arange(n_nodes, 2 * n_nodes), w)
         a, b = o.node_pairs
         if len(a):
             add((x[lay.log_g][b] - x[lay.log_g][a]) / pri.smooth_log_g,

@@ -43,6 +43,10 @@ logger = logging.getLogger(f"dials.{__name__}")
 #: Initial R0 (Å⁻¹) of stills when neither the parameters nor the indexing give one:
 #: a 0.03° mosaic spread at 2 Å, or 2000 Å domains, typical of microcrystals.
 DEFAULT_R0 = 0.0005
+#: Data this many σ above the model widen the model-expected variance (see _expected).
+GROSS_EXCESS = 3.0
+#: σ of the gauge priors mean(log G) = 0, mean(B) = 0 without an external reference.
+GAUGE_SIGMA = 0.01
 #: Stills are predicted out to excitation_cutoff × R0_eff with R0 this many times its
 #: initial value (room for the fit to widen it).
 R0_MARGIN = 1.5
@@ -204,6 +208,7 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         smooth_log_g=params.scale.smoothness.log_g,
         smooth_b=params.scale.smoothness.b,
         smooth_log_r1=params.profile.smoothness,
+        gauge_sigma=GAUGE_SIGMA if ext_ref is None else None,
     )
     usable = pix.usable.copy()
     rotation = None if stills else (zc, zeta, osc)
@@ -222,9 +227,7 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
             for _ in range(2):
                 j, var_j = profile_fit(pix, P, mine, bg, n_bg, j_expected)
                 j_expected = np.maximum(j, 0.0)
-        j_obs, _ = profile_fit(pix, P, mine, bg, n_bg, j_expected)
-        outliers = outlier_pixels(pix, P, mine, bg, np.maximum(j_expected, j_obs),
-                                  params.outliers.pixel_threshold)
+        outliers = outlier_pixels(pix, P, mine, bg, j_expected, params.outliers.pixel_threshold)
         n_new = int(outliers.sum())
         usable &= ~outliers
         mine &= ~outliers
@@ -239,8 +242,6 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         # and the least certain partiality: they enter neither the fit nor I_ref
         p_now = _partiality(x, layout, eps, inv_4d2, rbw_sq) if stills else np.ones(len(d))
         informative = p_now >= params.refinement.min_partiality
-        boot, boot_var, _ = references.bootstrap(
-            group, j, var_j, np.where(informative, obs_scale, 0.0))
         if ext_ref is not None and cycle == 0:
             # put the external reference on the data's scale once (G then absorbs drift):
             # the weighted least-squares k of J ≈ k · scale · I_ref
@@ -250,14 +251,13 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
             logger.info("Reference put on the data's scale with factor %.4g", k)
             ref_values = ref_values * k
         external = np.isfinite(ref_values)
-        i_ref = np.where(external, ref_values, boot)
-        # Term-1 σ: the profile-fit σ_J and the uncertainty of a bootstrapped I_ref
-        # (Fisher weights: the error model below only widens the output σ)
-        sigma_1 = np.sqrt(var_j + np.where(external, 0.0, obs_scale ** 2 * boot_var))
+        i_ref = np.where(external, ref_values,
+                         references.merged(group, j, var_j, np.where(informative, obs_scale, 0.0)))
+        sigma_1 = np.sqrt(var_j)
 
         # Term 2 statistics in the window drawn with the current widths
         j_model_now = obs_scale * i_ref
-        expected_now = _expected(j_model_now, j)
+        expected_now = _expected(j_model_now, j, var_j)
         ma, mb, sa, sb, _ = observed_moments(pix, fg, mine, bg, P, expected_now)
         strong_now = (j / sigma_j > params.profile.min_i_over_sigma) & (expected_now > 0)
         use2 = strong_now & np.isfinite(sa) & np.isfinite(sb) & (sa > 0) & (sb > 0)
@@ -267,6 +267,7 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
             k0=nodes.k0, k1=nodes.k1, w=nodes.w,
             use1=(informative & np.isfinite(j) & np.isfinite(sigma_1) & np.isfinite(i_ref)
                   & (sigma_1 > 0)),
+            group=group, bootstrapped=~external,
             stills=stills, eps=eps, rbw_sq=rbw_sq,
             use2=use2, m_a=ma, m_b=mb, sigma_a=sa, sigma_b=sb, area=area,
             window_a=k2 * ra_eff ** 2, window_b=k2 * rb_eff ** 2,
@@ -283,10 +284,10 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         target = FactoredTarget(obs, layout, priors)
         x_old = x.copy()
         x, objective, n_iter, cov = minimise(target, x, params.refinement.max_iterations)
-        if ext_ref is None:
-            x = _fix_gauge(x, layout)
         obs_scale = _scale(x, layout, nodes, inv_4d2, eps, rbw_sq, stills) * attenuation
-        j_expected = _expected(obs_scale * i_ref, j)
+        i_ref = np.where(external, ref_values, references.merged(
+            group, j, var_j, np.where(informative, obs_scale, 0.0)))
+        j_expected = _expected(obs_scale * i_ref, j, var_j)
         step = {
             "cycle": cycle + 1,
             "objective": objective,
@@ -396,13 +397,19 @@ def _relative_error(group, j, var_j, obs_scale, informative) -> float:
                               np.where(ok, ref, np.nan), var_ref, n_others)
 
 
-def _expected(j_model: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """The amplitude behind the model-expected variance: J_model, or J where there is none.
+def _expected(j_model: np.ndarray, j: np.ndarray, var_j: np.ndarray) -> np.ndarray:
+    """The amplitude behind the model-expected variance v = Bg + Ĵ·P.
 
-    A bootstrapped I_ref is undefined for a reflection observed once (leave-one-out);
-    its weights then come from its own J.  Negative values count as no signal.
+    Ĵ = J_model, except where the data exceed the model grossly (J more than
+    ``GROSS_EXCESS`` σ above it): there Ĵ = J − GROSS_EXCESS·σ, so that a model that is
+    badly wrong for a reflection (early cycles, a wrong scale) cannot give it a tiny
+    variance and an enormous weight.  Data *below* the model keep the model's
+    variance (a strong expected reflection observed absent is penalised, seed §3).
+    Where there is no model (no I_ref), J itself.  Negative values count as zero.
     """
-    return np.maximum(np.where(np.isfinite(j_model), j_model, j), 0.0)
+    observed_floor = j - GROSS_EXCESS * np.sqrt(np.maximum(var_j, 0.0) + np.maximum(j, 0.0))
+    amplitude = np.where(np.isfinite(j_model), np.maximum(j_model, observed_floor), j)
+    return np.maximum(amplitude, 0.0)
 
 
 def zc_to_phi(experiments, ids, zc):
@@ -436,14 +443,6 @@ def _partiality(x, layout, eps, inv_4d2, rbw_sq):
     """Stills partiality p of every reflection with the current R0 and η."""
     return stills_partiality(eps, float(np.exp(x[layout.log_r0])),
                              float(np.exp(x[layout.log_eta])), 4.0 * inv_4d2, rbw_sq)[0]
-
-
-def _fix_gauge(x, layout):
-    """Without an external reference, G·I_ref and B are only relative: mean log G = mean B = 0."""
-    x = x.copy()
-    x[layout.log_g] -= x[layout.log_g].mean()
-    x[layout.b] -= x[layout.b].mean()
-    return x
 
 
 def _isf_variance(cov, layout, nodes, inv_4d2, isf):

@@ -95,6 +95,24 @@ def load(path: str | None, symmetry: crystal.symmetry, d_min: float) -> Referenc
     raise ReferenceError_(f"reference {path}: expected an .mtz, .pdb or .cif file")
 
 
+def merged(group: np.ndarray, j: np.ndarray, var_j: np.ndarray, scale: np.ndarray):
+    """I_h of every observation's reflection given the scales: the least-squares mean.
+
+    I_h = Σ (s/σ²) J / Σ s²/σ² over the symmetry mates with scale s > 0 — the value
+    that minimises Σ (J − s·I_h)²/σ², so that fitting the scales against it is the
+    joint maximum-likelihood fit of scales and intensities with I_h profiled out
+    (Hamilton, Rollett & Sparks).  NaN where no mate has a scale.
+    """
+    ok = (scale > 0) & np.isfinite(j) & np.isfinite(var_j) & (var_j > 0)
+    w = np.where(ok, 1.0 / np.where(ok, var_j, 1.0), 0.0)
+    s = np.where(ok, scale, 0.0)
+    n = int(group.max()) + 1 if len(group) else 0
+    num = np.bincount(group, weights=w * s * np.where(ok, j, 0.0), minlength=n)
+    den = np.bincount(group, weights=w * s * s, minlength=n)
+    has = den > 0
+    return np.where(has, num / np.where(has, den, 1.0), np.nan)[group]
+
+
 def bootstrap(group: np.ndarray, j: np.ndarray, var_j: np.ndarray, scale: np.ndarray):
     """I_ref per observation from the *other* observations of its reflection, and its variance.
 
@@ -121,4 +139,4 @@ def bootstrap(group: np.ndarray, j: np.ndarray, var_j: np.ndarray, scale: np.nda
 
 
 __all__ = ["Reference", "ArrayReference", "ReferenceError_", "from_mtz", "from_model", "load",
-           "bootstrap"]
+           "bootstrap", "merged"]

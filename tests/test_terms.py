@@ -114,7 +114,8 @@ def _observations(j, sigma, i_ref, inv4d2, k, ma, mb, sa, sb, area, window, use2
     zero = np.zeros(n, int)
     return Observations(
         j=j, sigma_j=sigma, i_ref=i_ref, attenuation=np.ones(n), inv_4d2=inv4d2,
-        k0=k, k1=k, w=np.zeros(n), use1=np.ones(n, bool), stills=True, eps=np.zeros(n),
+        k0=k, k1=k, w=np.zeros(n), use1=np.ones(n, bool), group=None,
+        bootstrapped=np.zeros(n, bool), stills=True, eps=np.zeros(n),
         rbw_sq=np.zeros(n), use2=use2, m_a=ma, m_b=mb, sigma_a=sa, sigma_b=sb, area=area,
         window_a=window, window_b=window, b0=zero, b1=zero, u=np.zeros(n),
         width_pairs=(np.arange(nb - 1), np.arange(1, nb)),

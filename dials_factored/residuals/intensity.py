@@ -50,17 +50,45 @@ def outlier_pixels(pix, P, usable, bg, j_expected, threshold: float,
                    peak_factor: float = 1.5) -> np.ndarray:
     """Pixels far above what the model allows: hot pixels and zingers.
 
-    A pixel is an outlier when its excess over the model, I − Bg − Ĵ·P, is
-    both more than ``threshold`` × √(Bg + Ĵ·P) and more than ``peak_factor``
-    times the model's own peak count Ĵ·max(P); callers pass Ĵ = max(J_model, J_observed).  The
-    second condition keeps the peak pixels of real spots that are merely
-    sharper than the Gaussian template; a zinger or hot pixel on background or
-    in a weak spot fails both.
+    Each pixel p is judged against the amplitude Ĵ₋ₚ fitted *without* its detector
+    position (the profile fit with the terms of that x, y on every frame of the box
+    removed from both sums, weights from ``j_expected``), so that a hot pixel on a
+    spot, which repeats on every frame of a rotation box, cannot raise the amplitude
+    it is judged by.  It is an outlier
+    when its excess over that model, I − Bg − Ĵ₋ₚ·P, is both more than ``threshold`` ×
+    √(Bg + Ĵ₋ₚ·P) and more than ``peak_factor`` times the model's own peak count
+    Ĵ₋ₚ·max(P).  The second condition keeps the peak pixels of real spots that are
+    merely sharper than the Gaussian template; a zinger or hot pixel on background or
+    on a spot fails both.
     """
     o = pix.owner
     jhat = np.maximum(j_expected, 0.0)
-    mu = np.maximum(bg, 0.0)[o] + jhat[o] * P
+    v = np.maximum(bg, 0.0)[o] + jhat[o] * P
+    w = np.where(usable, 1.0 / np.maximum(v, 1.0), 0.0)
+    signal = pix.counts - bg[o]
+    column = _detector_position(pix)
+    n = len(o)
+
+    def without_column(values):
+        return pix.reduce(values)[o] - np.bincount(column, weights=values, minlength=n)[column]
+
+    s_wpd = without_column(w * P * signal)
+    s_wpp = without_column(w * P * P)
+    j_loo = np.maximum(np.where(s_wpp > 0, s_wpd / np.where(s_wpp > 0, s_wpp, 1.0), 0.0), 0.0)
+    mu = np.maximum(bg, 0.0)[o] + j_loo * P
     excess = pix.counts - mu
-    p_max = np.maximum.reduceat(P, pix.start[:-1]) if len(P) else np.zeros(0)
+    p_max = np.maximum.reduceat(P, pix.start[:-1])[o] if len(P) else np.zeros(0)
     return usable & (excess > threshold * np.sqrt(np.maximum(mu, 1.0))) & (
-        excess > peak_factor * (jhat * p_max)[o])
+        excess > peak_factor * j_loo * p_max)
+
+
+def _detector_position(pix) -> np.ndarray:
+    """For every pixel, the index of the same x, y on the first frame of its box."""
+    o = pix.owner
+    if len(o) == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = np.minimum.reduceat(pix.frame, pix.start[:-1])
+    last = np.maximum.reduceat(pix.frame, pix.start[:-1])
+    per_frame = np.diff(pix.start) // (last - first + 1)
+    offset = np.arange(len(o)) - pix.start[o]
+    return pix.start[o] + offset % per_frame[o]
