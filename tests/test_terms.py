@@ -95,6 +95,31 @@ def test_outlier_pixels_zinger_masked_peak_kept():
     assert not out[225:].any()  # the strong spot keeps all its pixels
 
 
+def test_hot_pixel_repeated_on_every_frame_of_a_rotation_box_is_masked():
+    """A hot pixel sits at the same x, y on all five frames of a 3D box.  The first
+    amplitude guess (a summation) contains all its copies; judged against it, or
+    against a fit without just one copy, the copies look like signal."""
+    layer, area, reff = make_pixels(np.array([3000.0]), 0.0008, 1.0, seed=5)
+    n = len(layer.counts)
+    rng = np.random.default_rng(6)
+    frames = 5
+    counts = np.concatenate([layer.counts if f == 2 else rng.poisson(1.0, n)
+                             for f in range(frames)]).astype(np.float32)
+    hot = 7 * 15 + 10  # three pixels from the spot centre
+    copies = hot + n * np.arange(frames)
+    counts[copies] += 40000
+    pix = Pixels(counts, np.ones(frames * n, bool), np.zeros(frames * n, bool),
+                 np.tile(layer.e1, frames), np.tile(layer.e2, frames),
+                 np.repeat(np.arange(frames), n).astype(np.int32), np.array([0, frames * n]),
+                 np.arange(frames * n))
+    in_frame = np.repeat((np.arange(frames) == 2).astype(float), n)
+    P = np.tile(profile.tangential(layer, reff, reff, area), frames) * in_frame
+    summed = np.array([counts.sum() - frames * n])  # the first guess includes the copies
+    out = outlier_pixels(pix, P, pix.usable, np.ones(1), summed, 8.0)
+    assert out[copies].all()
+    assert out.sum() == frames
+
+
 def test_truncated_moment_matches_numerics():
     t = np.array([0.5, 2.0, 9.0])
     g, dg = truncation(t)
