@@ -44,11 +44,11 @@ def progress(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def simulate(workdir: Path) -> dp.Stage:
-    """Run the simulator (stills, defaults, fixed seed); files images + truth."""
+def simulate(workdir: Path, mode: str = "stills") -> dp.Stage:
+    """Run the simulator (defaults, fixed seed); files images + truth."""
     stage = dp.Stage(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    stage.add(dp.run_program("dials.factored_simulate", ["mode=stills", f"seed={SEED}"], workdir,
+    stage.add(dp.run_program("dials.factored_simulate", [f"mode={mode}", f"seed={SEED}"], workdir,
                              expect=["truth/models.expt", "truth/truth.mtz",
                                      "truth/observations.npz"]))
     stage.files.update(images=workdir / "images", models=workdir / "truth" / "models.expt",
@@ -87,26 +87,34 @@ def score_routes(sim: dp.Stage, routes: dict[str, dp.Stage], n_shells: int):
     return scores, ideal_from_observations(sim.files["observations"], truth, shells, on)
 
 
-def run(workdir: Path, nproc: int, n_shells: int = 10) -> dict:
+def run(workdir: Path, nproc: int, n_shells: int = 10, mode: str = "stills") -> dict:
     """The whole demo; returns what it writes to ``demo_results.json``."""
     workdir = workdir.resolve()
     for step in STEPS:
         shutil.rmtree(workdir / step, ignore_errors=True)
     start = time.perf_counter()
 
-    progress("1/5 simulating stills (dials.factored_simulate mode=stills)")
-    sim = simulate(workdir / "simulate")
+    progress(f"1/5 simulating (dials.factored_simulate mode={mode})")
+    sim = simulate(workdir / "simulate", mode)
     images = sorted(sim.files["images"].glob("*.cbf"))
     space_group, cell = true_symmetry(sim.files["models"])
     progress(f"    {len(images)} images, {space_group}, cell "
              f"{', '.join(f'{x:.2f}' for x in cell)} ({sim.wall_time:.0f} s)")
 
-    progress("2/5 indexing (dials.import, dials.find_spots, dials.ssx_index)")
-    indexed = dp.index_stills(images, workdir / "index", space_group, cell, nproc=nproc)
-    progress(f"    done ({indexed.wall_time:.0f} s)")
-
-    progress("3/5 DIALS route (dials.ssx_integrate algorithm=stills, dials.scale, dials.merge)")
-    dials_route = dp.dials_route_stills(indexed, workdir / "dials", nproc=nproc)
+    if mode == "stills":
+        progress("2/5 indexing (dials.import, dials.find_spots, dials.ssx_index)")
+        indexed = dp.index_stills(images, workdir / "index", space_group, cell, nproc=nproc)
+        progress(f"    done ({indexed.wall_time:.0f} s)")
+        progress("3/5 DIALS route (dials.ssx_integrate algorithm=stills, dials.scale, "
+                 "dials.merge)")
+        dials_route = dp.dials_route_stills(indexed, workdir / "dials", nproc=nproc)
+    else:
+        progress("2/5 indexing (dials.import, dials.find_spots, dials.index, dials.refine)")
+        indexed = dp.index_rotation(images, workdir / "index", space_group, nproc=nproc,
+                                    unit_cell=cell)
+        progress(f"    done ({indexed.wall_time:.0f} s)")
+        progress("3/5 DIALS route (dials.integrate, dials.scale, dials.merge)")
+        dials_route = dp.dials_route_rotation(indexed, workdir / "dials", nproc=nproc)
     progress(f"    done ({dials_route.wall_time:.0f} s)")
 
     progress("4/5 factored route (dials.factored_integrate, dials.merge, dials.export)")
@@ -123,7 +131,8 @@ def run(workdir: Path, nproc: int, n_shells: int = 10) -> dict:
     scores, ideal = score_routes(sim, routes, n_shells)
     table = ev.format_table(scores, ideal=ideal, ratio=("factored", "dials"))
     results = {
-        "workdir": str(workdir), "seed": SEED, "space_group": space_group, "unit_cell": cell,
+        "workdir": str(workdir), "mode": mode, "seed": SEED, "space_group": space_group,
+        "unit_cell": cell,
         "n_images": len(images), "wall_time_s": round(time.perf_counter() - start, 1),
         "scores": {name: s.as_dict() for name, s in scores.items()},
         "ideal": ideal.as_dict(), "table": table,
@@ -148,9 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("demo_run"))
     parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--mode", choices=("stills", "rotation"), default="stills")
     args = parser.parse_args(argv)
     try:
-        run(args.workdir, args.nproc)
+        run(args.workdir, args.nproc, mode=args.mode)
     except (RuntimeError, ValueError) as e:
         print(f"[demo] FAILED: {e}", file=sys.stderr, flush=True)
         return 1

@@ -35,6 +35,7 @@ class Layout:
     n_nodes: int
     n_width: int
     anisotropic: bool
+    n_orient: int = 0  # stills: one (δθx, δθy) pair per still
 
     @property
     def log_g(self):
@@ -64,8 +65,20 @@ class Layout:
         return slice(start, start + self.n_width)
 
     @property
-    def size(self) -> int:
+    def _orient_start(self) -> int:
         return 2 * self.n_nodes + 2 + self.n_width * (2 if self.anisotropic else 1)
+
+    @property
+    def orient_x(self):
+        return slice(self._orient_start, self._orient_start + self.n_orient)
+
+    @property
+    def orient_y(self):
+        return slice(self._orient_start + self.n_orient, self._orient_start + 2 * self.n_orient)
+
+    @property
+    def size(self) -> int:
+        return self._orient_start + 2 * self.n_orient
 
 
 @dataclass
@@ -84,6 +97,8 @@ class Priors:
     #: reference fixes the overall scale): they remove the exact degeneracy of G·I_h
     #: and B with a bootstrapped I_h without biasing anything else.
     gauge_sigma: float | None = None
+    #: σ (rad) of the prior on each still's orientation correction δθx, δθy.
+    orient_sigma: float = 0.0035
 
 
 @dataclass
@@ -126,6 +141,9 @@ class Observations:
     z_first: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
     z_last: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
     node_pairs: tuple = (np.zeros(0, int), np.zeros(0, int))
+    # stills: ∂ε/∂θ for small crystal rotations about the lab x and y axes (Å⁻¹/rad)
+    deps_x: np.ndarray | None = None
+    deps_y: np.ndarray | None = None
     width_pairs: tuple = (np.zeros(0, int), np.zeros(0, int))
 
 
@@ -153,9 +171,13 @@ class FactoredTarget:
         bb = (1 - o.w) * b[o.k0] + o.w * b[o.k1]
         gb = np.exp(lg + bb * o.inv_4d2)
         if o.stills:
+            eps = self.excitation(x)
             p, dlogp_r0, dlogp_eta = stills_partiality(
-                o.eps, float(np.exp(x[lay.log_r0])), float(np.exp(x[lay.log_eta])),
+                eps, float(np.exp(x[lay.log_r0])), float(np.exp(x[lay.log_eta])),
                 4.0 * o.inv_4d2, o.rbw_sq)
+            r_sq = (np.exp(2 * x[lay.log_r0]) + np.exp(2 * x[lay.log_eta]) * 4.0 * o.inv_4d2
+                    + o.rbw_sq)
+            self._dlogp_deps = -2.0 * eps / r_sq
         else:
             p = np.ones_like(gb)
             dlogp_r0 = dlogp_eta = np.zeros_like(gb)
@@ -166,6 +188,14 @@ class FactoredTarget:
             i_h = merged(o.group, o.j, o.sigma_j ** 2, np.where(use, scale, 0.0))
             i_ref = np.where(o.bootstrapped, i_h, o.i_ref)
         return scale * i_ref, gb, p, (dlogp_r0, dlogp_eta)
+
+    def excitation(self, x: np.ndarray) -> np.ndarray:
+        """ε per reflection with each still's orientation correction (Å⁻¹)."""
+        o, lay = self.obs, self.layout
+        if not lay.n_orient:
+            return o.eps
+        return (o.eps + o.deps_x * x[lay.orient_x][o.k0]
+                + o.deps_y * x[lay.orient_y][o.k0])
 
     def widths(self, x: np.ndarray):
         """R1a, R1b per reflection (Å⁻¹)."""
@@ -220,6 +250,10 @@ class FactoredTarget:
         if o.stills:
             ent.append((lay.log_r0, dj * dlogp[0][s]))
             ent.append((lay.log_eta, dj * dlogp[1][s]))
+            if lay.n_orient:
+                d_eps = dj * self._dlogp_deps[s]
+                ent.append((lay.orient_x.start + o.k0[s], d_eps * o.deps_x[s]))
+                ent.append((lay.orient_y.start + o.k0[s], d_eps * o.deps_y[s]))
         add(r1, ent)
 
         # Term 2: shape residuals along a and b
@@ -254,6 +288,10 @@ class FactoredTarget:
         add(np.array([(x[lay.log_eta] - pri.log_eta_mean) / pri.log_eta_sigma]),
             [(lay.log_eta, 1.0 / pri.log_eta_sigma)])
         add(x[lay.b] / pri.b_sigma, [(np.arange(lay.b.start, lay.b.stop), 1.0 / pri.b_sigma)])
+        if lay.n_orient:
+            for block in (lay.orient_x, lay.orient_y):
+                cols_ = np.arange(block.start, block.stop)
+                add(x[block] / pri.orient_sigma, [(cols_, 1.0 / pri.orient_sigma)])
         if pri.gauge_sigma:
             n_nodes, w = lay.n_nodes, 1.0 / (lay.n_nodes * pri.gauge_sigma)
             add_row(x[lay.log_g].mean() / pri.gauge_sigma, np.arange(n_nodes), w)

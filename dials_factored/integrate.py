@@ -193,7 +193,18 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
 
     nodes = build_nodes(experiments, ids, zc_to_phi(experiments, ids, zc), params.scale.block_width)
     grid = build_grid(d, params.profile.n_resolution_bins)
-    layout = Layout(nodes.n_nodes, grid.n_bins, params.profile.anisotropic)
+    layout = Layout(nodes.n_nodes, grid.n_bins, params.profile.anisotropic,
+                    n_orient=nodes.n_nodes if stills and params.refinement.orientation else 0)
+    deps_x, deps_y = (_excitation_gradients(experiments, ids, table) if stills
+                      else (np.zeros(len(d)), np.zeros(len(d))))
+
+    def excitation(x):
+        """ε with each still's fitted orientation correction (Å⁻¹)."""
+        if not layout.n_orient:
+            return eps
+        return (eps + deps_x * x[layout.orient_x][nodes.k0]
+                + deps_y * x[layout.orient_y][nodes.k0])
+
     x = np.zeros(layout.size)
     x[layout.log_r0] = np.log(r0)
     x[layout.log_eta] = np.log(np.radians(params.partiality.mosaic))
@@ -209,6 +220,7 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         smooth_b=params.scale.smoothness.b,
         smooth_log_r1=params.profile.smoothness,
         gauge_sigma=GAUGE_SIGMA if ext_ref is None else None,
+        orient_sigma=np.radians(params.refinement.orientation_prior_sigma),
     )
     usable = pix.usable.copy()
     rotation = None if stills else (zc, zeta, osc)
@@ -237,10 +249,11 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         sigma_j = np.sqrt(var_j)
 
         # The scale per observation with the current parameters, and I_ref
-        obs_scale = _scale(x, layout, nodes, inv_4d2, eps, rbw_sq, stills) * attenuation
+        eps_now = excitation(x)
+        obs_scale = _scale(x, layout, nodes, inv_4d2, eps_now, rbw_sq, stills) * attenuation
         # observations the model expects to be mostly missed carry little information
         # and the least certain partiality: they enter neither the fit nor I_ref
-        p_now = _partiality(x, layout, eps, inv_4d2, rbw_sq) if stills else np.ones(len(d))
+        p_now = _partiality(x, layout, eps_now, inv_4d2, rbw_sq) if stills else np.ones(len(d))
         informative = p_now >= params.refinement.min_partiality
         if ext_ref is not None and cycle == 0:
             # put the external reference on the data's scale once (G then absorbs drift):
@@ -268,7 +281,7 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
             use1=(informative & np.isfinite(j) & np.isfinite(sigma_1) & np.isfinite(i_ref)
                   & (sigma_1 > 0)),
             group=group, bootstrapped=~external,
-            stills=stills, eps=eps, rbw_sq=rbw_sq,
+            stills=stills, eps=eps, rbw_sq=rbw_sq, deps_x=deps_x, deps_y=deps_y,
             use2=use2, m_a=ma, m_b=mb, sigma_a=sa, sigma_b=sb, area=area,
             window_a=k2 * ra_eff ** 2, window_b=k2 * rb_eff ** 2,
             b0=grid.b0, b1=grid.b1, u=grid.u,
@@ -284,7 +297,8 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         target = FactoredTarget(obs, layout, priors)
         x_old = x.copy()
         x, objective, n_iter, cov = minimise(target, x, params.refinement.max_iterations)
-        obs_scale = _scale(x, layout, nodes, inv_4d2, eps, rbw_sq, stills) * attenuation
+        obs_scale = (_scale(x, layout, nodes, inv_4d2, excitation(x), rbw_sq, stills)
+                     * attenuation)
         i_ref = np.where(external, ref_values, references.merged(
             group, j, var_j, np.where(informative, obs_scale, 0.0)))
         j_expected = _expected(obs_scale * i_ref, j, var_j)
@@ -319,7 +333,8 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
     j, var_j = profile_fit(pix, P, mine, bg, n_bg, j_expected)
     # the error model from the final fit, applied to the model-expected amplitude
     # (never the observed J)
-    final_scale = _scale(x, layout, nodes, inv_4d2, eps, rbw_sq, stills) * attenuation
+    eps_final = excitation(x)
+    final_scale = _scale(x, layout, nodes, inv_4d2, eps_final, rbw_sq, stills) * attenuation
     template_coverage = pix.reduce(np.where(mine, P, 0.0))
     b_rel = _relative_error(group, j, var_j, final_scale,
                             informative & (template_coverage >= params.output.min_profile_coverage))
@@ -327,7 +342,7 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
     var_j = var_j + (b_rel * j_expected) ** 2
     j_sum, var_sum, n_fg, _ = summation(pix, fg, mine, bg, n_bg)
     gb = _scale(x, layout, nodes, inv_4d2, np.zeros_like(eps), rbw_sq, stills)
-    p = _partiality(x, layout, eps, inv_4d2, rbw_sq) if stills else recorded
+    p = _partiality(x, layout, eps_final, inv_4d2, rbw_sq) if stills else recorded
     isf = gb * (p if stills else 1.0)
     var_isf = _isf_variance(cov, layout, nodes, inv_4d2, isf)
 
@@ -339,7 +354,7 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
     parameters = _parameter_summary(x, layout, nodes, grid, stills, cov, experiments)
     parameters["outlier_pixels"] = n_outliers
     parameters["error_model_b"] = b_rel
-    j_model = _scale(x, layout, nodes, inv_4d2, eps, rbw_sq, stills) * attenuation * i_ref
+    j_model = final_scale * i_ref
     image = ids[pix.owner] if stills else pix.frame
     diagnostics = {
         "z_term1": (j - j_model) / np.sqrt(var_j),
@@ -437,6 +452,22 @@ def _scale(x, layout, nodes, inv_4d2, eps, rbw_sq, stills):
     if stills:
         s = s * _partiality(x, layout, eps, inv_4d2, rbw_sq)
     return s
+
+
+def _excitation_gradients(experiments, ids, table):
+    """∂ε/∂θ (Å⁻¹/rad) for small rotations of each still's crystal about lab x and y.
+
+    A rotation ω of the crystal moves q = A·h by ω×q, and ε = |q + s0| − |s0| changes
+    by ŝ1·(ω×q).  Rotations about the beam (z) leave ε unchanged to first order and are
+    fixed by the spot positions, so only x and y are refined.
+    """
+    s1 = to_numpy(table["s1"])
+    u1 = s1 / np.linalg.norm(s1, axis=1)[:, None]
+    hkl = to_numpy(table["miller_index"]).astype(float)
+    a_mats = np.array([np.asarray(e.crystal.get_A()).reshape(3, 3) for e in experiments])
+    q = np.einsum("nij,nj->ni", a_mats[ids], hkl)
+    return tuple(np.einsum("ij,ij->i", u1, np.cross(axis, q))
+                 for axis in (np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])))
 
 
 def _partiality(x, layout, eps, inv_4d2, rbw_sq):

@@ -149,6 +149,15 @@ refinement {
     .type = int(value_min=1)
     .help = "Levenberg-Marquardt iterations per cycle."
     .expert_level = 1
+  orientation = True
+    .type = bool
+    .help = "Stills: refine each crystal's orientation about the two axes normal to the"
+            "beam against the partialities (post-refinement), which spot positions alone"
+            "barely constrain."
+  orientation_prior_sigma = 0.2
+    .type = float(value_min=0)
+    .help = "σ (degrees) of the prior on each still's orientation correction."
+    .expert_level = 1
   min_partiality = 0.1
     .type = float(value_min=0, value_max=1)
     .help = "Stills observations with a model partiality below this enter neither the"
