@@ -44,11 +44,12 @@ def progress(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def simulate(workdir: Path, mode: str = "stills") -> dp.Stage:
+def simulate(workdir: Path, mode: str = "stills", n_images: int | None = None) -> dp.Stage:
     """Run the simulator (defaults, fixed seed); files images + truth."""
     stage = dp.Stage(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    stage.add(dp.run_program("dials.factored_simulate", [f"mode={mode}", f"seed={SEED}"], workdir,
+    args = [f"mode={mode}", f"seed={SEED}"] + ([f"n_images={n_images}"] if n_images else [])
+    stage.add(dp.run_program("dials.factored_simulate", args, workdir,
                              expect=["truth/models.expt", "truth/truth.mtz",
                                      "truth/observations.npz"]))
     stage.files.update(images=workdir / "images", models=workdir / "truth" / "models.expt",
@@ -75,19 +76,28 @@ def ideal_from_observations(path: Path, truth, shells: ev.Shells, on) -> ev.Scor
 
 
 def score_routes(sim: dp.Stage, routes: dict[str, dp.Stage], n_shells: int):
-    """Scores of each route's merged MTZ, and the ideal, on shells of the truth."""
+    """Scores of each route's merged MTZ and of the ideal, on shells of the truth.
+
+    Returns (scores on each route's own reflections, scores on the reflections common
+    to all routes, the ideal on the common reflections).
+    """
     truth = ev.prepare_truth(ev.read_mtz_intensities(sim.files["truth_mtz"], "I"))
     shells = ev.Shells(truth.d_spacings().data(), n_shells)
-    scores = {}
+    merged = {name: ev.read_mtz_intensities(stage.files["merged_mtz"], "IMEAN")
+              for name, stage in routes.items()}
+    own = {}
     for name, stage in routes.items():
-        merged = ev.read_mtz_intensities(stage.files["merged_mtz"], "IMEAN")
         unmerged = ev.read_scaled_table(stage.files["scaled_expt"], stage.files["scaled_refl"])
-        scores[name] = ev.score_merged(merged, truth, shells, unmerged=unmerged)
-    on = ev.read_mtz_intensities(routes["factored"].files["merged_mtz"], "IMEAN")
-    return scores, ideal_from_observations(sim.files["observations"], truth, shells, on)
+        own[name] = ev.score_merged(merged[name], truth, shells, unmerged=unmerged)
+    common = ev.on_common_reflections(merged, truth)
+    on_common = {name: ev.score_merged(a, truth, shells) for name, a in common.items()}
+    ideal = ideal_from_observations(sim.files["observations"], truth, shells,
+                                    next(iter(common.values())))
+    return own, on_common, ideal
 
 
-def run(workdir: Path, nproc: int, n_shells: int = 10, mode: str = "stills") -> dict:
+def run(workdir: Path, nproc: int, n_shells: int = 10, mode: str = "stills",
+        n_images: int | None = None) -> dict:
     """The whole demo; returns what it writes to ``demo_results.json``."""
     workdir = workdir.resolve()
     for step in STEPS:
@@ -95,7 +105,7 @@ def run(workdir: Path, nproc: int, n_shells: int = 10, mode: str = "stills") -> 
     start = time.perf_counter()
 
     progress(f"1/5 simulating (dials.factored_simulate mode={mode})")
-    sim = simulate(workdir / "simulate", mode)
+    sim = simulate(workdir / "simulate", mode, n_images)
     images = sorted(sim.files["images"].glob("*.cbf"))
     space_group, cell = true_symmetry(sim.files["models"])
     progress(f"    {len(images)} images, {space_group}, cell "
@@ -128,13 +138,18 @@ def run(workdir: Path, nproc: int, n_shells: int = 10, mode: str = "stills") -> 
 
     progress("5/5 scoring against the true intensities")
     routes = {"dials": dials_route, "factored": factored}
-    scores, ideal = score_routes(sim, routes, n_shells)
-    table = ev.format_table(scores, ideal=ideal, ratio=("factored", "dials"))
+    scores, common, ideal = score_routes(sim, routes, n_shells)
+    table = ("CC on the reflections both routes merged (completeness: each route's own):\n"
+             + ev.format_table(common, ideal=ideal, ratio=("factored", "dials"),
+                               completeness=scores)
+             + "\n\nCC on each route's own reflections:\n"
+             + ev.format_table(scores, ratio=("factored", "dials")))
     results = {
         "workdir": str(workdir), "mode": mode, "seed": SEED, "space_group": space_group,
         "unit_cell": cell,
         "n_images": len(images), "wall_time_s": round(time.perf_counter() - start, 1),
         "scores": {name: s.as_dict() for name, s in scores.items()},
+        "scores_common": {name: s.as_dict() for name, s in common.items()},
         "ideal": ideal.as_dict(), "table": table,
         "timings": {name: stage.timings() for name, stage in
                     {"simulate": sim, "index": indexed, **routes}.items()},
@@ -158,9 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("demo_run"))
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--mode", choices=("stills", "rotation"), default="stills")
+    parser.add_argument("--images", type=int, default=None,
+                        help="number of images (default: the simulator's, 100 stills or 90 "
+                             "rotation frames)")
     args = parser.parse_args(argv)
     try:
-        run(args.workdir, args.nproc, mode=args.mode)
+        run(args.workdir, args.nproc, mode=args.mode, n_images=args.images)
     except (RuntimeError, ValueError) as e:
         print(f"[demo] FAILED: {e}", file=sys.stderr, flush=True)
         return 1

@@ -392,11 +392,13 @@ def _fmt(x: float, digits: int = 3) -> str:
 
 
 def format_table(scores: Mapping[str, Score], ideal: Score | None = None,
-                 ratio: Sequence[str] | None = None) -> str:
+                 ratio: Sequence[str] | None = None,
+                 completeness: Mapping[str, Score] | None = None) -> str:
     """A Markdown table: CC to truth per shell and overall, one column per route.
 
     Then the ideal CC (if given), the ratio of the CCs of ``ratio = (a, b)`` (a/b), and
-    the completeness of each route (and of the ideal, i.e. reflections observed at all).
+    the completeness of each route (taken from ``completeness`` if given, e.g. each
+    route's own reflections when ``scores`` are on a common set) and of the ideal.
     """
     names = list(scores)
     first = scores[names[0]]
@@ -421,7 +423,7 @@ def format_table(scores: Mapping[str, Score], ideal: Score | None = None,
         if ratio:
             a, b = pick(scores[ratio[0]]).cc, pick(scores[ratio[1]]).cc
             cells.append(_fmt(a / b if b else math.nan, 2))
-        cells += [_fmt(pick(scores[n]).completeness, 3) for n in names]
+        cells += [_fmt(pick((completeness or scores)[n]).completeness, 3) for n in names]
         if ideal is not None:
             cells.append(_fmt(pick(ideal).completeness, 3))
         if i is None:
@@ -451,3 +453,17 @@ def truth_rows(experiment_ids, miller_indices, truth_experiment, truth_miller) -
     found = len(order) > 0
     hit = found & (truth_keys[order][pos] == wanted) if found else np.zeros(len(wanted), bool)
     return np.where(hit, order[pos], -1)
+
+
+def on_common_reflections(arrays: Mapping[str, miller.array], truth: miller.array
+                          ) -> dict[str, miller.array]:
+    """Each merged array in the truth's setting, cut to the reflections all of them hold.
+
+    Routes keep different reflections (partiality cut-offs, edge rejection); CCs are
+    compared on the common set, completeness on each route's own.
+    """
+    moved = {name: asu_unique(match_to_truth(a, truth)[0]) for name, a in arrays.items()}
+    common = None
+    for a in moved.values():
+        common = a if common is None else common.common_set(a)
+    return {name: a.common_set(common) for name, a in moved.items()}

@@ -149,9 +149,9 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
     else:
         m2 = np.array([experiments[i].goniometer.get_rotation_axis() for i in
                        range(len(experiments))])[ids]
-        e1 = np.cross(s1, s0)
-        e1 /= np.linalg.norm(e1, axis=1)[:, None]
-        zeta = np.einsum("ij,ij->i", m2, e1)
+        # ζ = m2·(ŝ1 × ŝ0) (DIALS's zeta): |dε/dφ| = |s0|·|ζ|, the inverse Lorentz factor
+        zeta = np.einsum("ij,ij->i", m2, np.cross(s1, s0)) / (
+            np.linalg.norm(s1, axis=1) * np.linalg.norm(s0, axis=1))
         osc = np.array([e.scan.get_oscillation()[1] for e in experiments])[ids]
         mosaic = (np.radians(params.profile.mosaicity) if params.profile.mosaicity
                   else _initial_mosaicity(strong, zeta, float(np.median(osc)), 0.1))
@@ -427,6 +427,27 @@ def _expected(j_model: np.ndarray, j: np.ndarray, var_j: np.ndarray) -> np.ndarr
     return np.maximum(amplitude, 0.0)
 
 
+def apply_orientation_corrections(experiments, parameters) -> int:
+    """Rotate each still's crystal by its fitted correction (A → R(ω)·A); returns how many.
+
+    ω = (δθx, δθy, 0) in the lab frame, as fitted by the stills post-refinement.
+    """
+    from scitbx import matrix
+
+    n = 0
+    for node in parameters["nodes"]:
+        if "rotation_x_deg" not in node:
+            continue
+        crystal = experiments[node["experiment"]].crystal
+        rot = (matrix.col((1.0, 0.0, 0.0)).axis_and_angle_as_r3_rotation_matrix(
+            node["rotation_x_deg"], deg=True)
+            * matrix.col((0.0, 1.0, 0.0)).axis_and_angle_as_r3_rotation_matrix(
+            node["rotation_y_deg"], deg=True))
+        crystal.set_A(rot * matrix.sqr(crystal.get_A()))
+        n += 1
+    return n
+
+
 def zc_to_phi(experiments, ids, zc):
     """φ (deg) of each reflection from its frame coordinate (0 for stills)."""
     phi = np.zeros(len(ids))
@@ -568,6 +589,10 @@ def _parameter_summary(x, layout, nodes, grid, stills, cov, experiments):
         "r1_a": np.exp(x[layout.log_r1a]).tolist(),
         "r1_b": np.exp(x[layout.log_r1b]).tolist(),
     }
+    if layout.n_orient:
+        for node, tx, ty in zip(summary["nodes"], x[layout.orient_x], x[layout.orient_y]):
+            node["rotation_x_deg"] = float(np.degrees(tx))
+            node["rotation_y_deg"] = float(np.degrees(ty))
     if stills:
         summary["r0"] = float(np.exp(x[layout.log_r0]))
         summary["mosaic_deg"] = float(np.degrees(np.exp(x[layout.log_eta])))

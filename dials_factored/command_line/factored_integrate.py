@@ -249,6 +249,10 @@ def run(args: list[str] | None = None, phil=phil_scope) -> None:
     logger.info("Integrated %d reflections in %.1f s", len(result.table), time.time() - start)
     shells = _log_statistics(result, experiments)
     output.write_reflections(result.table, params.output.reflections)
+    from dials_factored.integrate import apply_orientation_corrections
+
+    if apply_orientation_corrections(experiments, result.parameters):
+        logger.info("Crystal orientations updated with the fitted corrections (stills)")
     output.write_experiments(experiments, params.output.experiments)
     output.write_json({"parameters": result.parameters, "history": result.history,
                        "timings": result.timings}, params.output.parameters)

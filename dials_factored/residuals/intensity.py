@@ -56,10 +56,11 @@ def outlier_pixels(pix, P, usable, bg, j_expected, threshold: float,
     spot, which repeats on every frame of a rotation box, cannot raise the amplitude
     it is judged by.  It is an outlier
     when its excess over that model, I − Bg − Ĵ₋ₚ·P, is both more than ``threshold`` ×
-    √(Bg + Ĵ₋ₚ·P) and more than ``peak_factor`` times the model's own peak count
-    Ĵ₋ₚ·max(P).  The second condition keeps the peak pixels of real spots that are
-    merely sharper than the Gaussian template; a zinger or hot pixel on background or
-    on a spot fails both.
+    √(Bg + Ĵ₋ₚ·P + P²·σ²(Ĵ₋ₚ)) and more than ``peak_factor`` times the model's peak count
+    (Ĵ₋ₚ + ``threshold``·σ(Ĵ₋ₚ))·max(P): a sharp spot whose peak carries most of its
+    photons leaves Ĵ₋ₚ uncertain, not small.  The second condition keeps the peak
+    pixels of real spots that are merely sharper than the Gaussian template; a zinger or
+    hot pixel on background or on a spot fails both.
     """
     o = pix.owner
     jhat = np.maximum(j_expected, 0.0)
@@ -74,12 +75,17 @@ def outlier_pixels(pix, P, usable, bg, j_expected, threshold: float,
 
     s_wpd = without_column(w * P * signal)
     s_wpp = without_column(w * P * P)
-    j_loo = np.maximum(np.where(s_wpp > 0, s_wpd / np.where(s_wpp > 0, s_wpp, 1.0), 0.0), 0.0)
+    informed = s_wpp > 0
+    j_loo = np.maximum(np.where(informed, s_wpd / np.where(informed, s_wpp, 1.0), 0.0), 0.0)
+    var_loo = np.where(informed, 1.0 / np.where(informed, s_wpp, 1.0), np.inf)
     mu = np.maximum(bg, 0.0)[o] + j_loo * P
     excess = pix.counts - mu
     p_max = np.maximum.reduceat(P, pix.start[:-1])[o] if len(P) else np.zeros(0)
-    return usable & (excess > threshold * np.sqrt(np.maximum(mu, 1.0))) & (
-        excess > peak_factor * j_loo * p_max)
+    # the leave-out amplitude is uncertain where the left-out position held most of the
+    # spot (a sharp spot's peak): that uncertainty widens both tests
+    spread = np.sqrt(np.maximum(mu, 1.0) + P * P * var_loo)
+    j_high = j_loo + threshold * np.sqrt(var_loo)
+    return usable & (excess > threshold * spread) & (excess > peak_factor * j_high * p_max)
 
 
 def _detector_position(pix) -> np.ndarray:
