@@ -14,6 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 
+#: A pixel is an outlier only above this many times the model's own peak count: real
+#: spots can be several times sharper at the peak than the Gaussian template (small
+#: molecules, rotation profiles cut by the scan), zingers and hot pixels are more.
+PEAK_FACTOR = 3.0
+#: A hot detector position varies by less than this factor over the frames of a box.
+HOT_STEADINESS = 2.0
+
 
 def profile_fit(pix, P, usable, bg, n_bg, j_expected):
     """J and σ_J² per reflection with weights from the expected amplitude.
@@ -47,54 +54,60 @@ def summation(pix, fg, usable, bg, n_bg):
 
 
 def outlier_pixels(pix, P, usable, bg, j_expected, threshold: float,
-                   peak_factor: float = 1.5) -> np.ndarray:
+                   peak_factor: float = PEAK_FACTOR) -> np.ndarray:
     """Pixels far above what the model allows: hot pixels and zingers.
 
-    Each pixel p is judged against the amplitude Ĵ₋ₚ fitted *without* its detector
-    position (the profile fit with the terms of that x, y on every frame of the box
-    removed from both sums, weights from ``j_expected``), so that a hot pixel on a
-    spot, which repeats on every frame of a rotation box, cannot raise the amplitude
-    it is judged by.  It is an outlier
-    when its excess over that model, I − Bg − Ĵ₋ₚ·P, is both more than ``threshold`` ×
-    √(Bg + Ĵ₋ₚ·P + P²·σ²(Ĵ₋ₚ)) and more than ``peak_factor`` times the model's peak count
-    (Ĵ₋ₚ + ``threshold``·σ(Ĵ₋ₚ))·max(P): a sharp spot whose peak carries most of its
-    photons leaves Ĵ₋ₚ uncertain, not small.  The second condition keeps the peak
-    pixels of real spots that are merely sharper than the Gaussian template; a zinger or
-    hot pixel on background or on a spot fails both.
+    Two tests, either flags a pixel:
+
+    * **against the model**: with Ĵ the larger of the expected amplitude and the
+      profile-fitted one, a pixel is an outlier when its excess I − Bg − Ĵ·P is both
+      more than ``threshold`` × √(Bg + Ĵ·P) and more than ``peak_factor`` times the
+      model's own peak count Ĵ·max(P).  The second condition keeps the peak pixels of
+      real spots that are merely sharper than the Gaussian template; a zinger or hot
+      pixel on background or on a weak spot fails both.
+    * **a hot detector position** (rotation boxes of three or more frames): the same
+      x, y is more than ``threshold`` σ above the background on *every* frame of the
+      box, and steady (its highest count at most ``HOT_STEADINESS`` times its lowest).
+      A spot rises and falls as it passes through the box in φ; a hot pixel does not,
+      and its copies on the other frames raise Ĵ enough to hide it from the first test.
     """
     o = pix.owner
     jhat = np.maximum(j_expected, 0.0)
     v = np.maximum(bg, 0.0)[o] + jhat[o] * P
     w = np.where(usable, 1.0 / np.maximum(v, 1.0), 0.0)
-    signal = pix.counts - bg[o]
-    column = _detector_position(pix)
-    n = len(o)
-
-    def without_column(values):
-        return pix.reduce(values)[o] - np.bincount(column, weights=values, minlength=n)[column]
-
-    s_wpd = without_column(w * P * signal)
-    s_wpp = without_column(w * P * P)
-    informed = s_wpp > 0
-    j_loo = np.maximum(np.where(informed, s_wpd / np.where(informed, s_wpp, 1.0), 0.0), 0.0)
-    var_loo = np.where(informed, 1.0 / np.where(informed, s_wpp, 1.0), np.inf)
-    mu = np.maximum(bg, 0.0)[o] + j_loo * P
+    s_wpp = pix.reduce(w * P * P)
+    fitted = np.where(s_wpp > 0, pix.reduce(w * P * (pix.counts - bg[o]))
+                      / np.where(s_wpp > 0, s_wpp, 1.0), 0.0)
+    j_ref = np.maximum(jhat, fitted)[o]
+    mu = np.maximum(bg, 0.0)[o] + j_ref * P
     excess = pix.counts - mu
     p_max = np.maximum.reduceat(P, pix.start[:-1])[o] if len(P) else np.zeros(0)
-    # the leave-out amplitude is uncertain where the left-out position held most of the
-    # spot (a sharp spot's peak): that uncertainty widens both tests
-    spread = np.sqrt(np.maximum(mu, 1.0) + P * P * var_loo)
-    j_high = j_loo + threshold * np.sqrt(var_loo)
-    return usable & (excess > threshold * spread) & (excess > peak_factor * j_high * p_max)
+    against_model = (excess > threshold * np.sqrt(np.maximum(mu, 1.0))) & (
+        excess > peak_factor * j_ref * p_max)
+    return usable & (against_model | _hot_positions(pix, usable, bg, threshold))
 
 
-def _detector_position(pix) -> np.ndarray:
-    """For every pixel, the index of the same x, y on the first frame of its box."""
+def _hot_positions(pix, usable, bg, threshold: float) -> np.ndarray:
+    """Pixels whose x, y is above the background by ``threshold`` σ on every frame of a
+    box of three or more frames."""
     o = pix.owner
     if len(o) == 0:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, bool)
     first = np.minimum.reduceat(pix.frame, pix.start[:-1])
     last = np.maximum.reduceat(pix.frame, pix.start[:-1])
-    per_frame = np.diff(pix.start) // (last - first + 1)
-    offset = np.arange(len(o)) - pix.start[o]
-    return pix.start[o] + offset % per_frame[o]
+    n_frames = last - first + 1
+    per_frame = np.diff(pix.start) // n_frames
+    column = pix.start[o] + (np.arange(len(o)) - pix.start[o]) % per_frame[o]
+    level = np.maximum(bg, 0.0)[o]
+    high = usable & (pix.counts > level + threshold * np.sqrt(level + 1.0))
+    n_high = np.bincount(column, weights=high, minlength=len(o))[column]
+    candidate = np.flatnonzero((n_frames[o] >= 3) & (n_high >= n_frames[o]))
+    hot = np.zeros(len(o), bool)
+    if len(candidate):
+        cols = column[candidate]
+        lowest = np.full(len(o), np.inf)
+        highest = np.zeros(len(o))
+        np.minimum.at(lowest, cols, pix.counts[candidate])
+        np.maximum.at(highest, cols, pix.counts[candidate])
+        hot[candidate] = highest[cols] <= HOT_STEADINESS * lowest[cols]
+    return hot
