@@ -26,6 +26,8 @@ import iotbx.phil
 from dials.util import Sorry, log, show_mail_handle_errors
 from dials.util.options import ArgumentParser, flatten_experiments, flatten_reflections
 
+from dials_factored.progress import progress_printer
+
 logger = logging.getLogger("dials.factored_integrate")
 
 phil_scope = iotbx.phil.parse(
@@ -243,7 +245,8 @@ def run(args: list[str] | None = None, phil=phil_scope) -> None:
 
     start = time.time()
     try:
-        result = run_factored(experiments, strong, params, progress=_progress_printer())
+        result = run_factored(experiments, strong, params,
+                              progress=progress_printer(logger, "read"))
     except ValueError as e:
         raise Sorry(str(e)) from e
     logger.info("Integrated %d reflections in %.1f s", len(result.table), time.time() - start)
@@ -322,19 +325,6 @@ def _log_statistics(result, experiments):
     shells = merging_statistics(group, to_numpy(t["d"]), values, variances)
     logger.info("Merging statistics of the scaled output:\n%s", format_shells(shells))
     return shells
-
-
-def _progress_printer():
-    """Periodic progress lines for image reading (about every 10 %)."""
-    state = {"last": -1}
-
-    def show(done: int, total: int) -> None:
-        tenth = done * 10 // max(total, 1)
-        if tenth != state["last"] or done == total:
-            state["last"] = tenth
-            logger.info("  read %d/%d images", done, total)
-
-    return show
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ import iotbx.phil
 from dials.util import Sorry, log, show_mail_handle_errors
 from dials.util.options import ArgumentParser
 
+from dials_factored.progress import progress_printer
+
 logger = logging.getLogger("dials.factored_simulate")
 
 phil_scope = iotbx.phil.parse(
@@ -255,7 +257,7 @@ def run(args: list[str] | None = None, phil=phil_scope) -> None:
 
     logger.info("Simulating %s into %s", params.mode, directory.resolve())
     try:
-        summary = run_simulation(params, directory, progress=_progress_printer())
+        summary = run_simulation(params, directory, progress=progress_printer(logger, "wrote"))
     except ValueError as e:
         raise Sorry(str(e)) from e
     logger.info(
@@ -275,19 +277,6 @@ def run(args: list[str] | None = None, phil=phil_scope) -> None:
 
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.2f}"
-
-
-def _progress_printer():
-    """Progress lines about every 10 % of the images."""
-    state = {"last": -1}
-
-    def show(done: int, total: int) -> None:
-        tenth = done * 10 // max(total, 1)
-        if tenth != state["last"] or done == total:
-            state["last"] = tenth
-            logger.info("  wrote %d/%d images", done, total)
-
-    return show
 
 
 if __name__ == "__main__":
