@@ -1,7 +1,7 @@
 # dials-factored: the two commands of the README are `make demo` and `make test`.
 PY := .venv/bin/python
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test lint clean
 
 install:
 	bash scripts/install.sh
@@ -11,9 +11,6 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
-
-bench: install
-	$(PY) -m benchmarks.run
 
 lint: install
 	.venv/bin/ruff check .
