@@ -266,7 +266,6 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         external = np.isfinite(ref_values)
         i_ref = np.where(external, ref_values,
                          references.merged(group, j, var_j, np.where(informative, obs_scale, 0.0)))
-        sigma_1 = np.sqrt(var_j)
 
         # Term 2 statistics in the window drawn with the current widths
         j_model_now = obs_scale * i_ref
@@ -276,10 +275,10 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         use2 = strong_now & np.isfinite(sa) & np.isfinite(sb) & (sa > 0) & (sb > 0)
         k2 = params.profile.window_sigma ** 2
         obs = Observations(
-            j=j, sigma_j=sigma_1, i_ref=i_ref, attenuation=attenuation, inv_4d2=inv_4d2,
+            j=j, sigma_j=sigma_j, i_ref=i_ref, attenuation=attenuation, inv_4d2=inv_4d2,
             k0=nodes.k0, k1=nodes.k1, w=nodes.w,
-            use1=(informative & np.isfinite(j) & np.isfinite(sigma_1) & np.isfinite(i_ref)
-                  & (sigma_1 > 0)),
+            use1=(informative & np.isfinite(j) & np.isfinite(sigma_j) & np.isfinite(i_ref)
+                  & (sigma_j > 0)),
             group=group, bootstrapped=~external,
             stills=stills, eps=eps, rbw_sq=rbw_sq, deps_x=deps_x, deps_y=deps_y,
             use2=use2, m_a=ma, m_b=mb, sigma_a=sa, sigma_b=sb, area=area,
