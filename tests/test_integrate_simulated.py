@@ -212,3 +212,12 @@ def test_stills_orientation_errors_are_refined_away(stills, tmp_path):
     cc_tilted, _ = tilted.merged_cc()
     cc_true, _ = stills.merged_cc()
     assert cc_tilted > cc_true - 0.003, f"tilted {cc_tilted:.4f} vs true models {cc_true:.4f}"
+
+
+def test_nproc_gives_identical_intensities(stills, tmp_path):
+    """Images read by two forked workers give the same pixels, hence the same fit."""
+    two = integrate(stills.sim, tmp_path, stills.sim / "truth" / "models.expt",
+                    "beam.bandwidth=0.002", "nproc=2")
+    for column in ("intensity.prf.value", "intensity.prf.variance", "inverse_scale_factor"):
+        np.testing.assert_allclose(to_numpy(two.table[column]), to_numpy(stills.table[column]),
+                                   rtol=1e-9)
