@@ -21,7 +21,12 @@ from dials_factored.arrays import to_numpy
 from dials_factored.error_model import fit_relative_error
 from dials_factored.fit import FactoredTarget, Layout, Observations, Priors, minimise
 from dials_factored.merging import asu_groups, symmetry_of
-from dials_factored.model.partiality import bandwidth_sq, rotation_sigma_z, stills_partiality
+from dials_factored.model.partiality import (
+    bandwidth_sq,
+    rotation_sigma_z,
+    rotation_zeta,
+    stills_partiality,
+)
 from dials_factored.model.scale import build_nodes
 from dials_factored.model.width import build_grid
 from dials_factored.residuals.intensity import outlier_pixels, profile_fit, summation
@@ -149,9 +154,7 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
     else:
         m2 = np.array([experiments[i].goniometer.get_rotation_axis() for i in
                        range(len(experiments))])[ids]
-        # ζ = m2·(ŝ1 × ŝ0) (DIALS's zeta): |dε/dφ| = |s0|·|ζ|, the inverse Lorentz factor
-        zeta = np.einsum("ij,ij->i", m2, np.cross(s1, s0)) / (
-            np.linalg.norm(s1, axis=1) * np.linalg.norm(s0, axis=1))
+        zeta = rotation_zeta(m2, s1, s0)
         osc = np.array([e.scan.get_oscillation()[1] for e in experiments])[ids]
         mosaic = (np.radians(params.profile.mosaicity) if params.profile.mosaicity
                   else _initial_mosaicity(strong, zeta, float(np.median(osc)), 0.1))

@@ -35,6 +35,20 @@ def stills_partiality(eps: np.ndarray, r0: float, eta: float, inv_d2: np.ndarray
     return p, common * r0 ** 2, common * mosaic_sq
 
 
+def rotation_zeta(m2: np.ndarray, s1: np.ndarray, s0: np.ndarray) -> np.ndarray:
+    """ζ = m2·(ŝ1 × ŝ0) (dimensionless, per reflection, rows of n×3 arrays).
+
+    A reciprocal-lattice point crosses the Ewald sphere at |dε/dφ| = |s0|·|ζ| Å⁻¹ per
+    radian, and 1/|ζ| is the Lorentz factor (the L of DIALS's ``lp``).  DIALS's
+    ``zeta`` column is m2·ê1 with ê1 the *unit* vector along s1 × s0, larger by
+    1/sin 2θ: the right rate for an angular mosaic spread, not for a radial width in
+    Å⁻¹, which is what R0 is here.
+    """
+    cross = np.cross(s1, s0)
+    return np.einsum("ij,ij->i", m2, cross) / (np.linalg.norm(s1, axis=1)
+                                                * np.linalg.norm(s0, axis=1))
+
+
 def rotation_sigma_z(r0: float, rate: np.ndarray, osc_deg: np.ndarray):
     """σ_z (frames) and ∂σ_z²/∂ log R0 for rotation reflections.
 
