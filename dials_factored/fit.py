@@ -21,6 +21,7 @@ from scipy.sparse import coo_matrix
 from scitbx.array_family import flex
 from scitbx.lstbx import normal_eqns, normal_eqns_solving
 
+from dials_factored.collective import world
 from dials_factored.model.partiality import rotation_sigma_z, stills_partiality
 from dials_factored.reference import merged
 from dials_factored.residuals.shape import binned_frame_moment, truncation
@@ -207,7 +208,7 @@ class FactoredTarget:
         return ra, rb
 
     def evaluate(self, x: np.ndarray, need_jacobian: bool = True):
-        o, lay, pri = self.obs, self.layout, self.priors
+        o, lay = self.obs, self.layout
         rows, cols, vals, res = [], [], [], []
         n = 0
 
@@ -282,7 +283,19 @@ class FactoredTarget:
             # σ_z ∝ R0, so ∂M/∂log R0 = ∂M/∂log σ_z
             add((o.m_z[s] - model) / o.sigma_mz[s], [(lay.log_r0, -dmodel / o.sigma_mz[s])])
 
-        # Priors
+        # Priors: once per run (the data rows of all ranks are summed in the normal
+        # equations, so only rank 0 adds them)
+        if world().rank == 0:
+            self._add_priors(x, add, add_row)
+
+        r = np.concatenate(res)
+        if not need_jacobian:
+            return r, None
+        return r, (np.concatenate(rows), np.concatenate(cols), np.concatenate(vals))
+
+    def _add_priors(self, x: np.ndarray, add, add_row) -> None:
+        """The prior and smoothness rows (``add``/``add_row`` as in ``evaluate``)."""
+        o, lay, pri = self.obs, self.layout, self.priors
         add(np.array([(x[lay.log_r0] - pri.log_r0_mean) / pri.log_r0_sigma]),
             [(lay.log_r0, 1.0 / pri.log_r0_sigma)])
         add(np.array([(x[lay.log_eta] - pri.log_eta_mean) / pri.log_eta_sigma]),
@@ -308,12 +321,6 @@ class FactoredTarget:
                 add((x[block + b] - x[block + a]) / pri.smooth_log_r1,
                     [(block + a, -1.0 / pri.smooth_log_r1), (block + b, 1.0 / pri.smooth_log_r1)])
 
-        r = np.concatenate(res)
-        if not need_jacobian:
-            return r, None
-        return r, (np.concatenate(rows), np.concatenate(cols), np.concatenate(vals))
-
-
 class NormalEquations(normal_eqns.non_linear_ls_mixin):
     """The normal equations of a ``FactoredTarget`` for scitbx's Levenberg–Marquardt.
 
@@ -338,12 +345,10 @@ class NormalEquations(normal_eqns.non_linear_ls_mixin):
 
     def build_up(self, objective_only=False):
         r, jac = self.target.evaluate(self.x, need_jacobian=not objective_only)
-        self._objective = 0.5 * float(r @ r)
+        self._objective = world().sum(0.5 * float(r @ r))
         if objective_only:
             return
-        jm = coo_matrix((jac[2], (jac[0], jac[1])), shape=(len(r), len(self.x))).tocsr()
-        self._normal = (jm.T @ jm).toarray()
-        self._rhs = -(jm.T @ r)
+        self._normal, self._rhs = normal_equations(r, jac, len(self.x))
 
     def objective(self):
         return self._objective
@@ -374,6 +379,12 @@ class NormalEquations(normal_eqns.non_linear_ls_mixin):
         self.x = self.old_x
 
 
+def normal_equations(r: np.ndarray, jac, n_parameters: int):
+    """JᵀJ (dense) and −Jᵀr summed over the residuals of all ranks."""
+    jm = coo_matrix((jac[2], (jac[0], jac[1])), shape=(len(r), n_parameters)).tocsr()
+    return world().sum((jm.T @ jm).toarray()), world().sum(-(jm.T @ r))
+
+
 def minimise(target: FactoredTarget, x0: np.ndarray, max_iterations: int = 30,
              relative_step: float = 1e-6):
     """Run scitbx Levenberg–Marquardt; returns (x, objective, iterations, covariance-ish).
@@ -384,18 +395,17 @@ def minimise(target: FactoredTarget, x0: np.ndarray, max_iterations: int = 30,
     variance), or None if singular.
     """
     problem = NormalEquations(target, x0)
-    start = 0.5 * float(np.sum(target.evaluate(problem.x, False)[0] ** 2))
+    start = world().sum(0.5 * float(np.sum(target.evaluate(problem.x, False)[0] ** 2)))
     it = normal_eqns_solving.levenberg_marquardt_iterations_encapsulated_eqns(
         problem, n_max_iterations=max_iterations, gradient_threshold=1e-10,
         step_threshold=relative_step)
     x = problem.x
     r, jac = target.evaluate(x, need_jacobian=True)
-    end = 0.5 * float(np.sum(r ** 2))
+    end = world().sum(0.5 * float(np.sum(r ** 2)))
     logger.info("  Levenberg-Marquardt: %d iterations, objective %.6g -> %.6g",
                 it.n_iterations, start, end)
-    jm = coo_matrix((jac[2], (jac[0], jac[1])), shape=(len(r), len(x))).tocsr()
     try:
-        cov = np.linalg.inv((jm.T @ jm).toarray())
+        cov = np.linalg.inv(normal_equations(r, jac, len(x))[0])
     except np.linalg.LinAlgError:
         cov = None
     return x, end, it.n_iterations, cov

@@ -9,18 +9,20 @@ I_ref (bootstrap) and minimises the joint objective with scitbx LM.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 from dials.array_family import flex
 
-from dials_factored import prediction, profile
+from dials_factored import collective, prediction, profile
 from dials_factored import reference as references
 from dials_factored.arrays import to_numpy
 from dials_factored.error_model import fit_relative_error
 from dials_factored.fit import FactoredTarget, Layout, Observations, Priors, minimise
-from dials_factored.merging import asu_groups, symmetry_of
+from dials_factored.merging import asu_groups, global_groups, symmetry_of
 from dials_factored.model.partiality import (
     bandwidth_sq,
     rotation_sigma_z,
@@ -29,19 +31,10 @@ from dials_factored.model.partiality import (
 )
 from dials_factored.model.scale import build_nodes
 from dials_factored.model.width import build_grid
-from dials_factored.residuals.intensity import outlier_pixels, profile_fit, summation
-from dials_factored.residuals.shape import (
-    observed_frame_moment,
-    observed_moments,
-    window_frames,
-)
-from dials_factored.shoeboxes import (
-    Boxes,
-    background,
-    claimed_by_neighbours,
-    extract,
-    pixel_area_eps,
-)
+from dials_factored.passes import Store, Widths, cycle_pass, final_pass
+from dials_factored.pixel_store import BlockPlan, PixelStore, plan_blocks
+from dials_factored.residuals.shape import observed_frame_moment, observed_moments
+from dials_factored.shoeboxes import Boxes, extract, pixel_area_eps, plan_jobs
 
 logger = logging.getLogger(f"dials.{__name__}")
 
@@ -50,6 +43,9 @@ logger = logging.getLogger(f"dials.{__name__}")
 DEFAULT_R0 = 0.0005
 #: Data this many σ above the model widen the model-expected variance (see _expected).
 GROSS_EXCESS = 3.0
+#: Stills: reflections are dropped after the first cycle when their partiality is below
+#: ``prediction.partiality_floor`` even with R0_eff this many times the fitted one.
+PRUNE_WIDEN = 1.25
 #: σ of the gauge priors mean(log G) = 0, mean(B) = 0 without an external reference.
 GAUGE_SIGMA = 0.01
 #: Stills are predicted out to excitation_cutoff × R0_eff with R0 this many times its
@@ -68,7 +64,40 @@ class Result:
     diagnostics: dict = field(default_factory=dict)
 
 
-def _initial_r1(experiments, strong, area_median: float, default: float) -> float:
+def _stills_share(experiments, world) -> list[int] | None:
+    """The experiments this MPI rank integrates (None: all), whole images to a rank."""
+    if world.size == 1:
+        return None
+    keys = [(e.imageset.get_path(0), e.imageset.indices()[0]) for e in experiments]
+    images = list(dict.fromkeys(keys))
+    lo, hi = collective.split(len(images), world.rank, world.size)
+    mine = set(images[lo:hi])
+    return [i for i, key in enumerate(keys) if key in mine]
+
+
+def _agree(world, error: str | None) -> None:
+    """Raise the first rank's error on every rank (no rank waits for one that failed)."""
+    error = world.first_error(error)
+    if error:
+        raise ValueError(error)
+
+
+def _typical_area(experiments, strong, area: np.ndarray, world) -> float:
+    """Median pixel area on the Ewald sphere (Å⁻²): at the strong spots (the same for every
+    MPI rank), else at the predicted spots."""
+    if strong is None or len(strong) == 0 or "xyzobs.px.value" not in strong:
+        return float(np.median(np.concatenate(world.allgather(area))))
+    xyz = to_numpy(strong["xyzobs.px.value"])
+    ids = np.clip(to_numpy(strong["id"]).astype(int), 0, len(experiments) - 1)
+    s0_len = np.array([np.linalg.norm(e.beam.get_s0()) for e in experiments])[ids]
+    panels = to_numpy(strong["panel"]).astype(int)
+    values = np.concatenate([
+        pixel_area_eps(panel, xyz[panels == pid], s0_len[panels == pid])
+        for pid, panel in enumerate(experiments[0].detector) if (panels == pid).any()])
+    return float(np.median(values))
+
+
+def _initial_r1(strong, area_median: float, default: float) -> float:
     """R1 (Å⁻¹) from the spot finder's boxes: σ_px ≈ width/4, R1 = √2·σ_px·a."""
     if strong is None or "bbox" not in strong or len(strong) == 0:
         return default
@@ -109,7 +138,9 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
             (R0_MARGIN * r0) ** 2 + max_rbw)
     else:
         max_eps = 0.0
-    table = prediction.predict(experiments, params.d_min, max_eps)
+    world = collective.world()
+    share = _stills_share(experiments, world) if stills else None
+    table = prediction.predict(experiments, params.d_min, max_eps, subset=share)
     if stills and len(table):
         # the bandwidth term grows as 1/d⁴: apply the cutoff per reflection
         d_all = to_numpy(table["d"])
@@ -118,10 +149,11 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
             (R0_MARGIN * r0) ** 2 + bandwidth_sq(d_all, 1.0 / s0_all, params.beam.bandwidth))
         table = table.select(flex.bool(
             (np.abs(to_numpy(table["excitation_error"])) < reach).tolist()))
-    if len(table) == 0:
-        raise ValueError("no reflections are predicted on the detector for these experiments")
+    _agree(world, None if len(table) else
+           "no reflections are predicted on the detector for these experiments"
+           + (f" (MPI rank {world.rank})" if world.size > 1 else ""))
     timings["predict"] = time.time() - t_start
-    logger.info("Predicted %d reflections on %d experiments (%s)", len(table),
+    logger.info("Predicted %d reflections on %d experiments (%s)", world.sum(len(table)),
                 len(experiments), "stills" if stills else "rotation")
 
     ids = to_numpy(table["id"]).astype(int)
@@ -138,8 +170,8 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
             area[sel] = pixel_area_eps(panel, xyz[sel], s0_len[sel])
     a = np.sqrt(area)
 
-    r1_init = params.profile.r1 or _initial_r1(experiments, strong, float(np.median(area)),
-                                                 float(np.sqrt(np.median(area))))
+    area_typical = _typical_area(experiments, strong, area, world)
+    r1_init = params.profile.r1 or _initial_r1(strong, area_typical, np.sqrt(area_typical))
     half = np.ceil(params.profile.box_sigma * r1_init / a).astype(int) + 1
     half = np.maximum(half, params.profile.min_box_half_width)
     x0 = np.floor(xyz[:, 0]).astype(int) - half
@@ -173,13 +205,58 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
     logger.info("Initial profile width R1 = %.5f Å⁻¹; boxes of %d–%d px", r1_init,
                 int(2 * half.min() + 1), int(2 * half.max() + 1))
 
-    t = time.time()
-    pix = extract(experiments, table, boxes, gain=params.detector.gain, progress=progress,
-                  nproc=params.nproc)
-    timings["extract"] = time.time() - t
-    logger.info("Read %d pixels for %d reflections in %.1f s", len(pix.counts), len(table),
-                timings["extract"])
+    # the store keeps reflections in the order their last image is read
+    jobs, first_job, last_job = plan_jobs(experiments, ids, boxes)
+    order = np.argsort(last_job, kind="stable")
+    table = table.select(flex.size_t(order.tolist()))
+    ids, d, s1, xyz, panel_ids, s0, area, a, zc, zeta, osc = (
+        v[order] for v in (ids, d, s1, xyz, panel_ids, s0, area, a, zc, zeta, osc))
+    boxes = boxes.select(order)
+    n_pixels = boxes.n_pixels.astype(np.int64)
+    plan = BlockPlan(first_job[order], last_job[order], plan_blocks(last_job[order], n_pixels))
+    owned = range(plan.n_blocks)
+    if not stills and world.size > 1:
+        # a share of the blocks, and every box that can share a pixel with them
+        owned_global = range(*collective.split(plan.n_blocks, world.rank, world.size))
+        u0, u1, plan, owned = plan.share(owned_global)
+        table = table.select(flex.size_t(range(u0, u1)))
+        ids, d, s1, xyz, s0, area, zc, zeta, osc = (
+            v[u0:u1] for v in (ids, d, s1, xyz, s0, area, zc, zeta, osc))
+        boxes = boxes.select(slice(u0, u1))
+        n_pixels = n_pixels[u0:u1]
+    scratch = tempfile.mkdtemp(prefix="dials_factored_", dir=params.output.scratch)
+    try:
+        store = Store(PixelStore(scratch, np.concatenate([[0], np.cumsum(n_pixels)])), plan,
+                      boxes)
+        t = time.time()
+        try:
+            extract(experiments, table, boxes, jobs, plan, store.pixels,
+                    gain=params.detector.gain, progress=progress, nproc=params.nproc)
+            error = None
+        except ValueError as e:
+            error = str(e)
+        _agree(world, error)
+        timings["extract"] = time.time() - t
+        logger.info("Read %d images: %d pixels for %d reflections in %d blocks, %.1f s",
+                    len(jobs), int(store.pixels.start[-1]), len(table), plan.n_blocks,
+                    timings["extract"])
+        return _fit_and_integrate(experiments, params, table, store, owned, stills, symmetry, r0,
+                                  r1_init, ids, d, s1, xyz, s0_len=np.linalg.norm(s0, axis=1),
+                                  area=area, zc=zc, zeta=zeta, osc=osc, timings=timings,
+                                  t_start=t_start)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
+
+def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetry, r0,
+                       r1_init, ids, d, s1, xyz, s0_len, area, zc, zeta, osc, timings,
+                       t_start) -> Result:
+    """The outer cycles over the pixel store, then the final pass and the output table.
+
+    ``owned`` are the blocks of this process (all of them unless MPI ranks share a
+    sweep); sums over reflections run over all ranks.
+    """
+    world = collective.world()
     # Fixed per-reflection quantities
     lp = to_numpy(table["lp"])
     qe = to_numpy(table["qe"])
@@ -187,15 +264,18 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
     inv_4d2 = 1.0 / (4.0 * d ** 2)
     eps = to_numpy(table["excitation_error"])
     rbw_sq = bandwidth_sq(d, 1.0 / s0_len, params.beam.bandwidth) if stills else np.zeros(len(d))
-    asu, group = asu_groups(table["miller_index"], symmetry)
-    ext_ref = references.load(params.reference, symmetry, float(d.min()))
+    asu = asu_groups(table["miller_index"], symmetry)[0]
+    group = global_groups(asu)
+    ext_ref = references.load(params.reference, symmetry, world.min(float(d.min())))
     ref_values = ext_ref.intensities(asu) if ext_ref is not None else np.full(len(d), np.nan)
     if ext_ref is not None:
         logger.info("Reference %s covers %d of %d reflections", ext_ref.name,
                     int(np.isfinite(ref_values).sum()), len(d))
 
     nodes = build_nodes(experiments, ids, zc_to_phi(experiments, ids, zc), params.scale.block_width)
-    grid = build_grid(d, params.profile.n_resolution_bins)
+    s2 = 1.0 / d ** 2
+    grid = build_grid(d, params.profile.n_resolution_bins,
+                      (world.min(float(s2.min())), world.max(float(s2.max()))))
     layout = Layout(nodes.n_nodes, grid.n_bins, params.profile.anisotropic,
                     n_orient=nodes.n_nodes if stills and params.refinement.orientation else 0)
     deps_x, deps_y = (_excitation_gradients(experiments, ids, table) if stills
@@ -225,30 +305,19 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         gauge_sigma=GAUGE_SIGMA if ext_ref is None else None,
         orient_sigma=np.radians(params.refinement.orientation_prior_sigma),
     )
-    usable = pix.usable.copy()
     rotation = None if stills else (zc, zeta, osc)
-    outlier_mask = np.zeros(len(usable), bool)
+    active = None
     j_expected = None
     history = []
     n_outliers = 0
     for cycle in range(params.refinement.n_cycles):
         t_cycle = time.time()
-        tpl = _template(pix, x, layout, grid, area, usable, params.profile.window_sigma, rotation)
-        P, fg, mine, bg, n_bg = tpl.P, tpl.fg, tpl.usable, tpl.bg, tpl.n_bg
-        ra_eff, rb_eff = tpl.widths
-        if j_expected is None:
-            j_sum, _, _, _ = summation(pix, fg, mine, bg, n_bg)
-            j_expected = np.maximum(j_sum, 0.0)
-            for _ in range(2):
-                j, var_j = profile_fit(pix, P, mine, bg, n_bg, j_expected)
-                j_expected = np.maximum(j, 0.0)
-        outliers = outlier_pixels(pix, P, mine, bg, j_expected, params.outliers.pixel_threshold)
-        n_new = int(outliers.sum())
-        usable &= ~outliers
-        mine &= ~outliers
-        outlier_mask |= outliers
+        widths = _widths(x, layout, grid, area, params, rotation)
+        stats = cycle_pass(store, widths, j_expected, params.outliers.pixel_threshold,
+                           params.nproc, active, owned)
+        j, var_j, bg = stats["j"], stats["var_j"], stats["bg"]
+        n_new = int(world.sum(int(stats["n_new"].sum())))
         n_outliers += n_new
-        j, var_j = profile_fit(pix, P, mine, bg, n_bg, j_expected)
         sigma_j = np.sqrt(var_j)
 
         # The scale per observation with the current parameters, and I_ref
@@ -263,7 +332,8 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
             # the weighted least-squares k of J ≈ k · scale · I_ref
             m = obs_scale * ref_values
             ok = np.isfinite(m) & np.isfinite(var_j) & (var_j > 0)
-            k = np.sum(j[ok] * m[ok] / var_j[ok]) / np.sum(m[ok] ** 2 / var_j[ok])
+            k = (world.sum(float(np.sum(j[ok] * m[ok] / var_j[ok])))
+                 / world.sum(float(np.sum(m[ok] ** 2 / var_j[ok]))))
             logger.info("Reference put on the data's scale with factor %.4g", k)
             ref_values = ref_values * k
         external = np.isfinite(ref_values)
@@ -273,7 +343,7 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         # Term 2 statistics in the window drawn with the current widths
         j_model_now = obs_scale * i_ref
         expected_now = _expected(j_model_now, j, var_j)
-        ma, mb, sa, sb, _ = observed_moments(pix, fg, mine, bg, P, expected_now)
+        ma, mb, sa, sb = observed_moments(stats, bg, expected_now)
         strong_now = (j / sigma_j > params.profile.min_i_over_sigma) & (expected_now > 0)
         use2 = strong_now & np.isfinite(sa) & np.isfinite(sb) & (sa > 0) & (sb > 0)
         k2 = params.profile.window_sigma ** 2
@@ -285,17 +355,17 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
             group=group, bootstrapped=~external,
             stills=stills, eps=eps, rbw_sq=rbw_sq, deps_x=deps_x, deps_y=deps_y,
             use2=use2, m_a=ma, m_b=mb, sigma_a=sa, sigma_b=sb, area=area,
-            window_a=k2 * ra_eff ** 2, window_b=k2 * rb_eff ** 2,
+            window_a=k2 * widths.ra ** 2, window_b=k2 * widths.rb ** 2,
             b0=grid.b0, b1=grid.b1, u=grid.u,
             node_pairs=nodes.neighbours(),
             width_pairs=(np.arange(grid.n_bins - 1), np.arange(1, grid.n_bins)),
         )
         if not stills:
-            mz, smz = observed_frame_moment(pix, fg, mine, bg, P, expected_now, zc)
+            mz, smz = observed_frame_moment(stats, bg, expected_now)
             obs.use_z = use2 & np.isfinite(smz) & (smz > 0)
             obs.m_z, obs.sigma_mz, obs.rate, obs.osc = mz, smz, np.abs(zeta), osc
             obs.z_centre = zc
-            obs.z_first, obs.z_last = window_frames(pix, fg & mine)
+            obs.z_first, obs.z_last = stats["z_first"], stats["z_last"]
         target = FactoredTarget(obs, layout, priors)
         x_old = x.copy()
         x, objective, n_iter, cov = minimise(target, x, params.refinement.max_iterations)
@@ -304,12 +374,19 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         i_ref = np.where(external, ref_values, references.merged(
             group, j, var_j, np.where(informative, obs_scale, 0.0)))
         j_expected = _expected(obs_scale * i_ref, j, var_j)
+        if stills and active is None:
+            p_now = _partiality(x, layout, excitation(x), inv_4d2, rbw_sq)
+            active = p_now ** (1 / PRUNE_WIDEN ** 2) >= params.prediction.partiality_floor
+            logger.info("%d of %d predicted reflections can hold signal (p ≥ %g with R0_eff "
+                        "× %g); only these are integrated from now on",
+                        int(world.sum(int(active.sum()))), int(world.sum(len(active))),
+                        params.prediction.partiality_floor, PRUNE_WIDEN)
         step = {
             "cycle": cycle + 1,
             "objective": objective,
             "iterations": n_iter,
-            "n_term1": int(obs.use1.sum()),
-            "n_term2": int(use2.sum()),
+            "n_term1": int(world.sum(int(obs.use1.sum()))),
+            "n_term2": int(world.sum(int(use2.sum()))),
             "outlier_pixels": n_new,
             "max_shift_log_g": float(np.max(np.abs(x[layout.log_g] - x_old[layout.log_g]))),
             "max_shift_b": float(np.max(np.abs(x[layout.b] - x_old[layout.b]))),
@@ -326,82 +403,52 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
             "R0" if stills else "mosaicity (rad)", step["r0"], step["seconds"])
 
     # Final statistics with the fitted model
-    tpl = _template(pix, x, layout, grid, area, usable, params.profile.window_sigma, rotation)
-    P, fg, mine, bg, n_bg = tpl.P, tpl.fg, tpl.usable, tpl.bg, tpl.n_bg
-    recorded = np.ones(len(d))
-    if not stills:
-        per_frame = (boxes.x1 - boxes.x0) * (boxes.y1 - boxes.y0)
-        recorded = pix.reduce(tpl.frame_fraction) / per_frame
-    j, var_j = profile_fit(pix, P, mine, bg, n_bg, j_expected)
+    final = final_pass(store, _widths(x, layout, grid, area, params, rotation), j_expected, xyz,
+                       ids if stills else None, params.nproc, active, owned)
+    j, var_j, bg = final["j"], final["var_j"], final["bg"]
+    recorded = final.get("recorded", np.ones(len(d)))
     # the error model from the final fit, applied to the model-expected amplitude
     # (never the observed J)
     eps_final = excitation(x)
     final_scale = _scale(x, layout, nodes, inv_4d2, eps_final, rbw_sq, stills) * attenuation
-    template_coverage = pix.reduce(np.where(mine, P, 0.0))
+    template_coverage = final["coverage"]
     b_rel = _relative_error(group, j, var_j, final_scale,
                             informative & (template_coverage >= params.output.min_profile_coverage))
     logger.info("Error model: relative error b = %.4f (σ² = σ_counting² + (b·J_model)²)", b_rel)
     var_j = var_j + (b_rel * j_expected) ** 2
-    j_sum, var_sum, n_fg, _ = summation(pix, fg, mine, bg, n_bg)
+    j_sum, var_sum, n_fg = final["j_sum"], final["var_sum"], final["n_fg"]
     gb = _scale(x, layout, nodes, inv_4d2, np.zeros_like(eps), rbw_sq, stills)
     p = _partiality(x, layout, eps_final, inv_4d2, rbw_sq) if stills else recorded
     isf = gb * (p if stills else 1.0)
     var_isf = _isf_variance(cov, layout, nodes, inv_4d2, isf)
 
-    over = pix.reduce((pix.overloaded & fg).astype(float)) > 0
-    centroid = _centroids(pix, fg & mine, bg, xyz, boxes)
+    over, centroid = final["overloaded"], final["centroid"]
     out = _output_table(table, j, var_j, j_sum, var_sum, bg, n_fg, isf, var_isf, p, lp, qe,
-                        centroid, over, template_coverage, params, boxes)
+                        centroid, over, template_coverage, params, store.boxes)
     timings["total"] = time.time() - t_start
     parameters = _parameter_summary(x, layout, nodes, grid, stills, cov, experiments)
     parameters["outlier_pixels"] = n_outliers
     parameters["error_model_b"] = b_rel
     j_model = final_scale * i_ref
-    image = ids[pix.owner] if stills else pix.frame
     diagnostics = {
-        "z_term1": (j - j_model) / np.sqrt(var_j),
-        "outliers_per_image": np.bincount(image[outlier_mask],
-                                          minlength=int(image.max()) + 1 if len(image) else 0),
+        "z_term1": ((j - j_model) / np.sqrt(var_j))[np.isfinite(var_j)],
+        "outliers_per_image": final["outliers_per_image"],
     }
     return Result(out, parameters, history, timings, diagnostics)
 
 
-@dataclass
-class _Template:
-    """Everything drawn from the current widths for one pass over the pixels."""
-
-    P: np.ndarray  # template per pixel
-    fg: np.ndarray  # foreground window (3D for rotation)
-    usable: np.ndarray  # usable and not in a neighbour's foreground outside our own
-    bg: np.ndarray  # background per reflection (counts/pixel)
-    n_bg: np.ndarray  # pixels behind it
-    frame_fraction: np.ndarray | None  # rotation: F_f per pixel
-    widths: tuple  # (R_eff a, R_eff b) per reflection
-
-
-def _template(pix, x, layout, grid, area, usable, window_sigma, rotation) -> _Template:
-    """P_p, the foreground and the background for the parameters ``x``.
+def _widths(x, layout, grid, area, params, rotation) -> Widths:
+    """The per-reflection widths of a pass for the parameters ``x``.
 
     ``rotation`` is (z_c, ζ, Δφ) per reflection for rotation data, None for stills.
-    The foreground of a rotation reflection is limited to the frames within
-    ``window_sigma`` σ_z (+½ frame) of its centre, so that neighbours on other frames
-    are not counted in its moments; pixels in a neighbour's foreground are dropped from
-    ours unless they are in our own foreground too.
     """
     ra, rb = target_widths(x, layout, grid)
     ra_eff, rb_eff = profile.effective_widths(ra, rb, area)
-    P = profile.tangential(pix, ra_eff, rb_eff, area)
-    fg = profile.window(pix, ra_eff, rb_eff, window_sigma)
-    frac = None
-    if rotation is not None:
-        zc, zeta, osc = rotation
-        sz, _ = rotation_sigma_z(float(np.exp(x[layout.log_r0])), np.abs(zeta), osc)
-        frac = profile.frame_fraction(pix, zc, sz)
-        P = P * frac
-        fg &= profile.frame_window(pix, zc, sz, window_sigma)
-    mine = usable & ~(claimed_by_neighbours(pix, fg) & ~fg)
-    bg, n_bg = background(pix, fg, mine)
-    return _Template(P, fg, mine, bg, n_bg, frac, (ra_eff, rb_eff))
+    if rotation is None:
+        return Widths(ra_eff, rb_eff, area, params.profile.window_sigma)
+    zc, zeta, osc = rotation
+    sz, _ = rotation_sigma_z(float(np.exp(x[layout.log_r0])), np.abs(zeta), osc)
+    return Widths(ra_eff, rb_eff, area, params.profile.window_sigma, zc, sz)
 
 
 def _relative_error(group, j, var_j, obs_scale, informative) -> float:
@@ -410,8 +457,13 @@ def _relative_error(group, j, var_j, obs_scale, informative) -> float:
     ref, var_ref, n_others = references.bootstrap(group, j, var_j, scale)
     ok = scale > 0
     safe = np.where(ok, scale, 1.0)
-    return fit_relative_error(np.where(ok, j / safe, np.nan), var_j / safe ** 2,
-                              np.where(ok, ref, np.nan), var_ref, n_others)
+    columns = (np.where(ok, j / safe, np.nan), var_j / safe ** 2, np.where(ok, ref, np.nan),
+               var_ref, n_others)
+    if collective.world().size > 1:  # the robust fit needs every rank's observations
+        use = ok & np.isfinite(ref)
+        columns = [np.concatenate(c) for c in zip(*collective.world().allgather(
+            [c[use] for c in columns]))]
+    return fit_relative_error(*columns)
 
 
 def _expected(j_model: np.ndarray, j: np.ndarray, var_j: np.ndarray) -> np.ndarray:
@@ -509,25 +561,6 @@ def _isf_variance(cov, layout, nodes, inv_4d2, isf):
         var += wk ** 2 * (cov[lg[k], lg[k]] + inv_4d2 ** 2 * cov[bb[k], bb[k]]
                           + 2 * inv_4d2 * cov[lg[k], bb[k]])
     return isf ** 2 * np.maximum(var, 0.0)
-
-
-def _centroids(pix, use, bg, xyz, boxes):
-    """Background-subtracted centroid (px, px, frame) of the foreground; prediction if empty."""
-    o = pix.owner
-    dval = np.where(use, np.maximum(pix.counts - bg[o], 0.0), 0.0)
-    s = pix.reduce(dval)
-    nx = (boxes.x1 - boxes.x0)[o]
-    ny = (boxes.y1 - boxes.y0)[o]
-    k = np.arange(len(o)) - pix.start[o]
-    k2 = k % (nx * ny)
-    px = boxes.x0[o] + k2 % nx + 0.5
-    py = boxes.y0[o] + k2 // nx + 0.5
-    pz = pix.frame + 0.5
-    out = xyz.copy()
-    ok = s > 0
-    for c, v in enumerate((px, py, pz)):
-        out[ok, c] = pix.reduce(dval * v)[ok] / s[ok]
-    return out
 
 
 def _output_table(table, j, var_j, j_sum, var_sum, bg, n_fg, isf, var_isf, p, lp, qe,

@@ -14,6 +14,8 @@ import os
 import numpy as np
 from cctbx import crystal, miller
 
+from dials_factored.collective import group_sum, world
+
 logger = logging.getLogger(f"dials.{__name__}")
 
 
@@ -36,18 +38,7 @@ class ArrayReference(Reference):
 
     def __init__(self, array: miller.array, symmetry: crystal.symmetry, name: str):
         self.name = name
-        ref_sg = array.space_group().build_derived_point_group()
-        data_sg = symmetry.space_group().build_derived_point_group()
-        if ref_sg != data_sg:
-            raise ReferenceError_(
-                f"reference {name} has point group {array.space_group_info()} which differs "
-                f"from the data's {symmetry.space_group_info()}"
-            )
-        if not array.unit_cell().is_similar_to(symmetry.unit_cell(), 0.05, 3.0):
-            raise ReferenceError_(
-                f"reference {name} cell {array.unit_cell()} is incompatible with the data's "
-                f"{symmetry.unit_cell()}"
-            )
+        check_symmetry(name, array.crystal_symmetry(), symmetry)
         arr = array.customized_copy(crystal_symmetry=symmetry).merge_equivalents().array()
         arr = arr.as_non_anomalous_array().merge_equivalents().array().map_to_asu()
         self._lookup = {tuple(h): float(v) for h, v in zip(arr.indices(), arr.data())}
@@ -57,42 +48,112 @@ class ArrayReference(Reference):
         return np.array([get(tuple(h), np.nan) for h in asu_indices], dtype=float)
 
 
-def from_mtz(path: str, symmetry: crystal.symmetry) -> ArrayReference:
+def check_symmetry(name: str, reference: crystal.symmetry | None,
+                   data: crystal.symmetry) -> None:
+    """The reference must have the data's space group and a similar cell (5 %, 3°)."""
+    if reference is None or reference.unit_cell() is None or reference.space_group() is None:
+        raise ReferenceError_(f"reference {name} has no unit cell or space group")
+    if reference.space_group() != data.space_group():
+        raise ReferenceError_(
+            f"reference {name} has space group {reference.space_group_info()} but the data "
+            f"are {data.space_group_info()}: give a reference in the data's space group"
+        )
+    if not reference.unit_cell().is_similar_to(data.unit_cell(), 0.05, 3.0):
+        raise ReferenceError_(
+            f"reference {name} cell {_cell(reference)} is incompatible with the data's "
+            f"{_cell(data)} (lengths must agree within 5 %, angles within 3°)"
+        )
+
+
+def _cell(symmetry: crystal.symmetry) -> str:
+    return "(" + ", ".join(f"{x:.2f}" for x in symmetry.unit_cell().parameters()) + ")"
+
+
+def _mtz_intensities(path: str) -> miller.array:
     """Intensities (or squared amplitudes) from the first suitable MTZ column."""
     from iotbx import mtz
 
-    arrays = mtz.object(path).as_miller_arrays()
+    try:
+        arrays = mtz.object(path).as_miller_arrays()
+    except RuntimeError as e:
+        raise ReferenceError_(f"reference {path} could not be read as an MTZ file "
+                              f"({str(e).splitlines()[0]})") from None
     intensity = [a for a in arrays if a.is_xray_intensity_array()]
     amplitude = [a for a in arrays if a.is_xray_amplitude_array()]
     if intensity:
-        chosen = intensity[0]
-    elif amplitude:
-        chosen = amplitude[0].f_as_f_sq()
-    else:
-        raise ReferenceError_(f"reference {path} has no intensity or amplitude column")
-    return ArrayReference(chosen.as_intensity_array(), symmetry, os.path.basename(path))
+        return intensity[0].as_intensity_array()
+    if amplitude:
+        return amplitude[0].f_as_f_sq()
+    labels = ", ".join(a.info().label_string() for a in arrays) or "none"
+    raise ReferenceError_(f"reference {path} has no intensity or amplitude column "
+                          f"(columns: {labels})")
+
+
+def _model(path: str):
+    """The iotbx.pdb input of an atomic model file, with its crystal symmetry."""
+    import iotbx.pdb
+
+    try:
+        model = iotbx.pdb.input(file_name=path)
+    except Exception as e:  # iotbx raises Sorry, CifParserError, RuntimeError, ...
+        raise ReferenceError_(f"reference {path} could not be read as an atomic model "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                              ) from None
+    if model.atoms().size() == 0:
+        raise ReferenceError_(f"reference {path} contains no atoms")
+    return model
+
+
+def from_mtz(path: str, symmetry: crystal.symmetry) -> ArrayReference:
+    """Intensities (or squared amplitudes) from the first suitable MTZ column."""
+    return ArrayReference(_mtz_intensities(path), symmetry, os.path.basename(path))
 
 
 def from_model(path: str, symmetry: crystal.symmetry, d_min: float) -> ArrayReference:
     """|Fcalc|² of an atomic model (PDB/mmCIF) to d_min (atomic model only)."""
-    import iotbx.pdb
-
-    xrs = iotbx.pdb.input(file_name=path).xray_structure_simple()
+    model = _model(path)
+    check_symmetry(os.path.basename(path), model.crystal_symmetry(), symmetry)
+    xrs = model.xray_structure_simple()
     fc = xrs.structure_factors(d_min=d_min, algorithm="direct").f_calc()
     return ArrayReference(fc.amplitudes().f_as_f_sq(), symmetry, os.path.basename(path))
+
+
+def _kind(path: str) -> str:
+    """"mtz" or "model" from the file name; error if it does not exist or is neither."""
+    if not os.path.isfile(path):
+        raise ReferenceError_(f"reference file {path} does not exist")
+    if not os.access(path, os.R_OK):
+        raise ReferenceError_(f"reference file {path} is not readable")
+    if path.lower().endswith(".mtz"):
+        return "mtz"
+    if path.lower().endswith((".pdb", ".cif", ".ent", ".mmcif")):
+        return "model"
+    raise ReferenceError_(f"reference {path}: expected an .mtz, .pdb or .cif file")
+
+
+def check(path: str | None, symmetry: crystal.symmetry) -> None:
+    """Validate ``reference=`` before any image is read (no structure factors computed)."""
+    if not path:
+        return
+    name = os.path.basename(path)
+    if _kind(path) == "mtz":
+        check_symmetry(name, _mtz_intensities(path).crystal_symmetry(), symmetry)
+    else:
+        check_symmetry(name, _model(path).crystal_symmetry(), symmetry)
 
 
 def load(path: str | None, symmetry: crystal.symmetry, d_min: float) -> Reference | None:
     """The external reference named by ``reference=``, or None to bootstrap."""
     if not path:
         return None
-    if not os.path.isfile(path):
-        raise ReferenceError_(f"reference file {path} does not exist")
-    if path.lower().endswith(".mtz"):
+    if _kind(path) == "mtz":
         return from_mtz(path, symmetry)
-    if path.lower().endswith((".pdb", ".cif", ".ent", ".mmcif")):
-        return from_model(path, symmetry, d_min)
-    raise ReferenceError_(f"reference {path}: expected an .mtz, .pdb or .cif file")
+    return from_model(path, symmetry, d_min)
+
+
+def _n_groups(group: np.ndarray) -> int:
+    """Number of reflection groups of the run (all ranks: ``group`` numbers them globally)."""
+    return int(world().max(int(group.max()) + 1 if len(group) else 0))
 
 
 def merged(group: np.ndarray, j: np.ndarray, var_j: np.ndarray, scale: np.ndarray):
@@ -106,9 +167,9 @@ def merged(group: np.ndarray, j: np.ndarray, var_j: np.ndarray, scale: np.ndarra
     ok = (scale > 0) & np.isfinite(j) & np.isfinite(var_j) & (var_j > 0)
     w = np.where(ok, 1.0 / np.where(ok, var_j, 1.0), 0.0)
     s = np.where(ok, scale, 0.0)
-    n = int(group.max()) + 1 if len(group) else 0
-    num = np.bincount(group, weights=w * s * np.where(ok, j, 0.0), minlength=n)
-    den = np.bincount(group, weights=w * s * s, minlength=n)
+    n = _n_groups(group)
+    num = group_sum(group, w * s * np.where(ok, j, 0.0), n)
+    den = group_sum(group, w * s * s, n)
     has = den > 0
     return np.where(has, num / np.where(has, den, 1.0), np.nan)[group]
 
@@ -128,15 +189,16 @@ def bootstrap(group: np.ndarray, j: np.ndarray, var_j: np.ndarray, scale: np.nda
     safe = np.where(ok, scale, 1.0)
     w = np.where(ok, safe ** 2 / np.where(ok, var_j, 1.0), 0.0)
     x = np.where(ok, j / safe, 0.0)
-    n = int(group.max()) + 1 if len(group) else 0
-    sw = np.bincount(group, weights=w, minlength=n)[group] - w
-    n_others = np.bincount(group, weights=ok.astype(float), minlength=n)[group] - ok
-    swx = np.bincount(group, weights=w * x, minlength=n)[group] - w * x
-    has = sw > 1e-12 * np.maximum(np.bincount(group, weights=w, minlength=n)[group], 1e-300)
+    n = _n_groups(group)
+    sw_all = group_sum(group, w, n)[group]
+    sw = sw_all - w
+    n_others = group_sum(group, ok.astype(float), n)[group] - ok
+    swx = group_sum(group, w * x, n)[group] - w * x
+    has = sw > 1e-12 * np.maximum(sw_all, 1e-300)
     mean = np.where(has, swx / np.where(has, sw, 1.0), np.nan)
     var = np.where(has, 1.0 / np.where(has, sw, 1.0), np.inf)
     return mean, var, n_others
 
 
-__all__ = ["Reference", "ArrayReference", "ReferenceError_", "from_mtz", "from_model", "load",
-           "bootstrap", "merged"]
+__all__ = ["Reference", "ArrayReference", "ReferenceError_", "check", "check_symmetry",
+           "from_mtz", "from_model", "load", "bootstrap", "merged"]

@@ -1,5 +1,8 @@
 """Shoebox pixels in flat arrays, read once from the images, one image at a time.
 
+The pixels live on disk in a :class:`~dials_factored.pixel_store.PixelStore`;
+every pass reads them one block of reflections at a time as :class:`Pixels`.
+
 Every reflection owns a contiguous run of pixels (``start[r]`` .. ``start[r+1]``)
 so that every later statistic is a vectorised segment reduction
 (``np.add.reduceat``); no Python loop ever visits a pixel or a reflection.
@@ -19,13 +22,22 @@ carries its frame number.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from dials.array_family import flex
 
 from dials_factored.arrays import to_numpy
+from dials_factored.parallel import ordered_map
+from dials_factored.pixel_store import (
+    COLUMNS,
+    OUTLIER,
+    OVERLOADED,
+    USABLE,
+    BlockPlan,
+    PixelStore,
+)
 
 logger = logging.getLogger(f"dials.{__name__}")
 
@@ -46,6 +58,11 @@ class Boxes:
     def n_pixels(self) -> np.ndarray:
         return (self.x1 - self.x0) * (self.y1 - self.y0) * (self.z1 - self.z0)
 
+    def select(self, index) -> Boxes:
+        """The boxes of reflections ``index`` (a slice, mask or index array)."""
+        return Boxes(*(a[index] for a in (self.panel, self.x0, self.x1, self.y0, self.y1,
+                                          self.z0, self.z1)))
+
     def as_bbox(self):
         return flex.int6(*(flex.int(a.astype(int)) for a in (
             self.x0, self.x1, self.y0, self.y1, self.z0, self.z1)))
@@ -62,12 +79,24 @@ class Pixels:
     e2: np.ndarray  # float32, Å⁻¹, radial offset
     frame: np.ndarray  # int32, image index within the experiment's scan (0 for stills)
     start: np.ndarray  # int64, n_refl + 1 offsets
-    site: np.ndarray  # int64, the physical pixel (image, panel, x, y): equal where boxes overlap
+    site: np.ndarray  # int, the physical pixel (image, panel, x, y): equal where boxes overlap
+    outlier: np.ndarray | None = None  # bool: flagged by an earlier pass (hot pixel, zinger)
 
-    @property
+    @cached_property
     def owner(self) -> np.ndarray:
         """Reflection index of every pixel."""
         return np.repeat(np.arange(len(self.start) - 1), np.diff(self.start))
+
+    def subset(self, reflections: np.ndarray) -> tuple[Pixels, np.ndarray]:
+        """The pixels of the reflections selected by the mask ``reflections``, and the
+        pixel mask that selects them."""
+        npix = np.diff(self.start)
+        keep = np.repeat(reflections, npix)
+        start = np.concatenate([[0], np.cumsum(npix[reflections])])
+        outlier = None if self.outlier is None else self.outlier[keep]
+        return Pixels(self.counts[keep], self.usable[keep], self.overloaded[keep],
+                      self.e1[keep], self.e2[keep], self.frame[keep], start, self.site[keep],
+                      outlier), keep
 
     def reduce(self, values: np.ndarray) -> np.ndarray:
         """Sum ``values`` (one per pixel) over each reflection's pixels."""
@@ -91,11 +120,36 @@ def _vec2(x: np.ndarray, y: np.ndarray):
                             flex.double(np.ascontiguousarray(y, dtype=float)))
 
 
-def pixel_directions(panel, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Unit vectors from the sample to the centres of pixels (x, y) of one panel."""
+def pixel_lab(panel, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Lab coordinates (mm) of the centres of pixels (x, y) of one panel (n×3)."""
     mm = panel.pixel_to_millimeter(_vec2(x + 0.5, y + 0.5))
-    lab = to_numpy(panel.get_lab_coord(mm))
-    return lab / np.linalg.norm(lab, axis=1)[:, None]
+    return to_numpy(panel.get_lab_coord(mm))
+
+
+def _row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", a, b)
+
+
+def tangential_offsets(panel, s1: np.ndarray, s0: np.ndarray, xr: np.ndarray, yr: np.ndarray,
+                       k: np.ndarray, dx: np.ndarray, dy: np.ndarray):
+    """ε1, ε2 (Å⁻¹) of pixels at (xr + dx, yr + dy) of spots with diffracted beams ``s1``.
+
+    Per spot (arrays s1, xr, yr), the lab position of a pixel is affine in the pixel
+    offset, L = L0 + Lx·dx + Ly·dy (exact for a flat panel; the parallax correction
+    is linearised over one box); with f1, f2 ⟂ ŝ1 (``spot_frames``),
+    ε_i = |s0|·(L·f_i)/|L|.  ``k`` maps each pixel to its spot.
+    """
+    l0 = pixel_lab(panel, xr, yr)
+    lx = pixel_lab(panel, xr + 1.0, yr) - l0
+    ly = pixel_lab(panel, xr, yr + 1.0) - l0
+    _, f1, f2 = spot_frames(s1, s0)
+    dot = _row_dot
+    q = [dot(l0, l0)[k], 2 * dot(l0, lx)[k], 2 * dot(l0, ly)[k], dot(lx, lx)[k],
+         2 * dot(lx, ly)[k], dot(ly, ly)[k]]
+    scale = np.linalg.norm(s0) / np.sqrt(q[0] + dx * (q[1] + dx * q[3] + dy * q[4])
+                                         + dy * (q[2] + dy * q[5]))
+    return tuple((dot(l0, f)[k] + dot(lx, f)[k] * dx + dot(ly, f)[k] * dy) * scale
+                 for f in (f1, f2))
 
 
 def pixel_area_eps(panel, xyz_px: np.ndarray, s0_len: np.ndarray) -> np.ndarray:
@@ -117,7 +171,7 @@ def pixel_area_eps(panel, xyz_px: np.ndarray, s0_len: np.ndarray) -> np.ndarray:
 def _box_pixels(boxes: Boxes, sel: np.ndarray, frame_offset: np.ndarray | None):
     """Pixel coordinates of the 2D box layer of reflections ``sel``.
 
-    Returns (reflection, x, y, destination index in the flat store) where the
+    Returns (position in ``sel``, x, y, destination index in the flat store) where the
     destination accounts for the layer (frame_offset) inside a 3D box.
     """
     nx = (boxes.x1 - boxes.x0)[sel]
@@ -130,55 +184,140 @@ def _box_pixels(boxes: Boxes, sel: np.ndarray, frame_offset: np.ndarray | None):
     x = boxes.x0[sel][local_ref] + k % nx[local_ref]
     y = boxes.y0[sel][local_ref] + k // nx[local_ref]
     layer = 0 if frame_offset is None else frame_offset[local_ref] * npix[local_ref]
-    return sel[local_ref], x, y, k + layer
+    return local_ref, x, y, k + layer
 
 
-def extract(experiments, table, boxes: Boxes, gain: float = 1.0, progress=None,
-            nproc: int = 1) -> Pixels:
-    """Read every image once and cut all boxes into a flat pixel store.
+def plan_jobs(experiments, ids: np.ndarray, boxes: Boxes):
+    """The images to read and, per reflection, the first and last of them it needs.
 
-    Images are read one at a time (by each of ``nproc`` forked worker
-    processes), so memory holds one image per process plus the pixel store.
-    Pixels outside the panel, flagged by the image mask (which includes the
-    detector's trusted range) or not finite are not usable; so are pixels at or
-    above the trusted maximum (overloads, also flagged separately).  Counts are
-    divided by ``gain`` (counts per photon) so that they are photons.  Every
-    pixel is written by exactly one image, so the store does not depend on
-    ``nproc``.
+    Returns (jobs, first_job, last_job); a job is (imageset, index within it,
+    experiment ids, frame number).  Stills: one job per distinct image (several
+    lattices on one image share it).  Rotation: one job per frame of each
+    sequence that any box touches, in scan order; boxes reaching beyond the
+    scan are clipped to it.
     """
-    n_refl = len(table)
-    npix = boxes.n_pixels.astype(np.int64)
-    start = np.concatenate([[0], np.cumsum(npix)])
-    total = int(start[-1])
-    counts = np.zeros(total, dtype=np.float32)
-    usable = np.zeros(total, dtype=bool)
-    over = np.zeros(total, dtype=bool)
-    e1 = np.zeros(total, dtype=np.float32)
-    e2 = np.zeros(total, dtype=np.float32)
-    # frame of every pixel from the box layout (also for frames outside the scan)
-    owner = np.repeat(np.arange(n_refl), npix)
-    per_layer = ((boxes.x1 - boxes.x0) * (boxes.y1 - boxes.y0))[owner]
-    frame = (boxes.z0[owner] + (np.arange(total) - start[owner]) // per_layer).astype(np.int32)
-    del owner, per_layer
+    jobs = []
+    seen = {}
+    first = np.zeros(len(ids), np.int64)
+    last = np.zeros(len(ids), np.int64)
+    for i, expt in enumerate(experiments):
+        iset = expt.imageset
+        sel = ids == i
+        if expt.scan is None or expt.scan.get_oscillation()[1] == 0:
+            key = (iset.get_path(0), iset.indices()[0] if hasattr(iset, "indices") else 0)
+            if key in seen:
+                jobs[seen[key]][2].append(i)
+            else:
+                seen[key] = len(jobs)
+                jobs.append((iset, 0, [i], 0))
+            first[sel] = last[sel] = seen[key]
+            continue
+        if not sel.any():
+            continue
+        scan_first, scan_end = expt.scan.get_array_range()
+        lo = max(int(boxes.z0[sel].min()), scan_first)
+        hi = min(int(boxes.z1[sel].max()), scan_end)
+        base = len(jobs) - lo
+        jobs.extend((iset, f - scan_first, [i], f) for f in range(lo, hi))
+        first[sel] = base + np.clip(boxes.z0[sel], lo, hi - 1)
+        last[sel] = base + np.clip(boxes.z1[sel] - 1, lo, hi - 1)
+    return jobs, first, last
 
-    site = -1 - np.arange(total, dtype=np.int64)  # pixels off every panel stay unique
 
+def extract(experiments, table, boxes: Boxes, jobs: list, plan: BlockPlan, store: PixelStore,
+            gain: float = 1.0, progress=None, nproc: int = 1) -> None:
+    """Read every image once and cut all boxes into the pixel ``store``, block by block.
+
+    Reflections must be sorted by their last image (``plan``).  Images are read
+    one at a time (by each of ``nproc`` forked worker processes); a block is
+    written as soon as the reading has passed its last image, so memory holds
+    one image per process and the open blocks.  Pixels outside the panel,
+    flagged by the image mask (which includes the detector's trusted range) or
+    not finite are not usable; so are pixels at or above the trusted maximum
+    (overloads, also flagged separately).  Counts are divided by ``gain``
+    (counts per photon) so that they are photons.  Every pixel is written by
+    exactly one image, so the store does not depend on ``nproc``.
+    """
     ids = to_numpy(table["id"]).astype(int)
-    jobs = _image_jobs(experiments, ids, boxes)
-    cutter = _ImageCutter(experiments, ids, to_numpy(table["s1"]), boxes, start, gain, jobs)
-    for n_done, pieces in enumerate(_map_jobs(cutter, len(jobs), nproc)):
+    cutter = _ImageCutter(experiments, ids, to_numpy(table["s1"]), boxes, store.start, gain,
+                          jobs)
+    blocks = _OpenBlocks(store, plan)
+    for job, pieces in enumerate(ordered_map(cutter, len(jobs), nproc)):
         for dest, value, ok, is_over, f1, f2, key in pieces:
-            counts[dest] = value
-            usable[dest] = ok
-            over[dest] = is_over
-            e1[dest] = f1
-            e2[dest] = f2
-            site[dest] = key
+            flags = ok * USABLE + is_over * OVERLOADED
+            blocks.add(dest, {"counts": value, "flags": flags, "e1": f1, "e2": f2,
+                              "site": key})
+        blocks.close_through(job)
         if progress is not None:
-            progress(n_done + 1, len(jobs))
-    site = np.unique(site, return_inverse=True)[1].astype(np.int64)
-    logger.debug("Extracted %d pixels for %d reflections", total, n_refl)
-    return Pixels(counts, usable, over, e1, e2, frame, start, site)
+            progress(job + 1, len(jobs))
+    blocks.close_through(len(jobs))
+
+
+class _OpenBlocks:
+    """The blocks the reading has started but not finished, in memory until complete."""
+
+    def __init__(self, store: PixelStore, plan: BlockPlan):
+        self.store = store
+        self.plan = plan
+        self.pixel_edges = store.start[plan.bounds]
+        self.last_job = plan.last_job[plan.bounds[1:] - 1]
+        self.open = {}
+        self.closed = 0
+
+    def _buffer(self, b: int) -> dict:
+        if b not in self.open:
+            p0, p1 = int(self.pixel_edges[b]), int(self.pixel_edges[b + 1])
+            self.open[b] = {name: np.zeros(p1 - p0, dtype) for name, dtype in COLUMNS.items()}
+            # pixels no image writes (off the scan) stay unusable, with a site of their own
+            self.open[b]["site"] = -1 - np.arange(p0, p1, dtype=np.int64)
+        return self.open[b]
+
+    def add(self, dest: np.ndarray, columns: dict) -> None:
+        block = np.searchsorted(self.pixel_edges, dest, "right") - 1
+        for b in np.unique(block):
+            sel = block == b
+            buf = self._buffer(int(b))
+            local = dest[sel] - self.pixel_edges[b]
+            for name, values in columns.items():
+                buf[name][local] = values[sel]
+
+    def close_through(self, job: int) -> None:
+        """Write every block whose last image is at or before ``job``."""
+        while self.closed < self.plan.n_blocks and self.last_job[self.closed] <= job:
+            for name, values in self._buffer(self.closed).items():
+                self.store.write(name, int(self.pixel_edges[self.closed]), values)
+            del self.open[self.closed]
+            self.closed += 1
+
+
+def read_block(store: PixelStore, plan: BlockPlan, boxes: Boxes, b: int):
+    """The pixels of block ``b`` and of the boxes that share a pixel with its boxes.
+
+    Returns (Pixels, index, own): ``index`` holds the run's reflection index of each
+    reflection in the Pixels, ``own`` marks the block's own (a contiguous run).
+    ``Pixels.site`` holds compact ids of the physical pixels within the Pixels.
+    """
+    h0, h1, candidates = plan.halo(b)
+    r0, r1 = plan.core(b)
+    keep, sites = store.neighbourhood(b, h0, h1, r0, r1, candidates)
+    start = store.start[h0:h1 + 1] - store.start[h0]
+    npix = np.diff(start)
+    kept = None if keep.all() else np.repeat(keep, npix)
+
+    def column(name):
+        values = store.read(name, h0, h1)
+        return values if kept is None else values[kept]
+
+    index = h0 + np.flatnonzero(keep)
+    start = np.concatenate([[0], np.cumsum(npix[keep])])
+    owner = np.repeat(np.arange(len(index)), np.diff(start))
+    per_layer = ((boxes.x1 - boxes.x0) * (boxes.y1 - boxes.y0))[index][owner]
+    frame = boxes.z0[index][owner] + (np.arange(len(owner)) - start[owner]) // per_layer
+    flags = column("flags")
+    pix = Pixels(column("counts"), (flags & USABLE) > 0, (flags & OVERLOADED) > 0,
+                 column("e1"), column("e2"), frame.astype(np.int32), start, sites,
+                 (flags & OUTLIER) > 0)
+    return pix, index, (index >= r0) & (index < r1)
 
 
 @dataclass
@@ -201,8 +340,13 @@ class _ImageCutter:
         """
         imageset, index, expt_ids, frame_number = self.jobs[job_index]
         boxes = self.boxes
-        data = imageset.get_raw_data(index)
-        mask = imageset.get_mask(index)
+        try:
+            data = imageset.get_raw_data(index)
+            mask = imageset.get_mask(index)
+        except Exception as e:  # dxtbx raises RuntimeError, OSError, … on a bad file
+            raise ValueError(f"image {imageset.get_path(index)} could not be read "
+                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                             "nothing was written") from None
         on_image = (np.isin(self.ids, expt_ids) & (boxes.z0 <= frame_number)
                     & (boxes.z1 > frame_number))
         pieces = []
@@ -214,7 +358,8 @@ class _ImageCutter:
                 continue
             image = data[pid].as_numpy_array()
             pmask = mask[pid].as_numpy_array()
-            ref, x, y, local = _box_pixels(boxes, sel, frame_number - boxes.z0[sel])
+            k, x, y, local = _box_pixels(boxes, sel, frame_number - boxes.z0[sel])
+            ref = sel[k]
             ny, nx = image.shape
             inside = (x >= 0) & (x < nx) & (y >= 0) & (y < ny)
             site = np.where(
@@ -224,75 +369,21 @@ class _ImageCutter:
             value = image[yi, xi].astype(np.float32)
             finite = inside & np.isfinite(value)
             is_over = finite & (value >= panel.get_trusted_range()[1])
-            dirs = pixel_directions(panel, xi, yi)
             s0 = np.asarray(self.experiments[int(self.ids[sel[0]])].beam.get_s0(), dtype=float)
-            u, f1, f2 = spot_frames(self.s1[ref], s0)
-            diff = (dirs - u) * np.linalg.norm(s0)
+            xr = (boxes.x0[sel] + boxes.x1[sel]) // 2
+            yr = (boxes.y0[sel] + boxes.y1[sel]) // 2
+            e1, e2 = tangential_offsets(panel, self.s1[sel], s0, xr.astype(float),
+                                        yr.astype(float), k, xi - xr[k], yi - yr[k])
             pieces.append((
                 self.start[ref] + local,
                 np.where(finite, value / self.gain, 0).astype(np.float32),
                 finite & pmask[yi, xi] & ~is_over,
                 is_over,
-                np.einsum("ij,ij->i", diff, f1).astype(np.float32),
-                np.einsum("ij,ij->i", diff, f2).astype(np.float32),
+                e1.astype(np.float32),
+                e2.astype(np.float32),
                 site,
             ))
         return pieces
-
-
-_WORKER_CUTTER: _ImageCutter | None = None
-
-
-def _cut_in_worker(job_index: int) -> list:
-    return _WORKER_CUTTER(job_index)
-
-
-def _map_jobs(cutter: _ImageCutter, n_jobs: int, nproc: int):
-    """Results of ``cutter`` for every job, in order; forked processes when nproc > 1.
-
-    Workers inherit the image sets by fork (nothing large is pickled on the
-    way in); only the cut pixels come back.
-    """
-    if nproc <= 1 or n_jobs < 2:
-        for i in range(n_jobs):
-            yield cutter(i)
-        return
-    global _WORKER_CUTTER
-    _WORKER_CUTTER = cutter
-    try:
-        with multiprocessing.get_context("fork").Pool(nproc) as pool:
-            chunk = max(1, n_jobs // (8 * nproc))
-            yield from pool.imap(_cut_in_worker, range(n_jobs), chunksize=chunk)
-    finally:
-        _WORKER_CUTTER = None
-
-
-def _image_jobs(experiments, ids: np.ndarray, boxes: Boxes):
-    """(imageset, index within it, experiment ids, frame number) for every image to read.
-
-    Stills: one job per distinct image (several lattices on one image share it).
-    Rotation: one job per frame of each sequence that any box touches.
-    """
-    jobs = []
-    seen = {}
-    for i, expt in enumerate(experiments):
-        iset = expt.imageset
-        if expt.scan is None or expt.scan.get_oscillation()[1] == 0:
-            key = (iset.get_path(0), iset.indices()[0] if hasattr(iset, "indices") else 0)
-            if key in seen:
-                jobs[seen[key]][2].append(i)
-            else:
-                seen[key] = len(jobs)
-                jobs.append((iset, 0, [i], 0))
-        else:
-            first = expt.scan.get_array_range()[0]
-            sel = ids == i
-            if not sel.any():
-                continue
-            lo, hi = int(boxes.z0[sel].min()), int(boxes.z1[sel].max())
-            for f in range(max(lo, first), min(hi, expt.scan.get_array_range()[1])):
-                jobs.append((iset, f - first, [i], f))
-    return jobs
 
 
 def claimed_by_neighbours(pix: Pixels, foreground: np.ndarray) -> np.ndarray:
@@ -325,6 +416,6 @@ def background(pix: Pixels, window: np.ndarray, usable: np.ndarray | None = None
     for _ in range(n_iter + 1):
         w = use.astype(float)
         n = pix.reduce(w)
-        bg = pix.reduce(w * pix.counts) / np.maximum(n, 1)
+        bg = pix.reduce(np.where(use, pix.counts, 0.0)) / np.maximum(n, 1)
         use = use & (pix.counts <= bg[owner] + clip * np.sqrt(np.maximum(bg[owner], 0.0) + 1.0))
     return bg, n

@@ -13,7 +13,7 @@ import pytest
 from dials_factored import profile
 from dials_factored.fit import FactoredTarget, Layout, Observations, Priors, minimise
 from dials_factored.residuals.intensity import outlier_pixels, profile_fit
-from dials_factored.residuals.shape import observed_moments, truncation
+from dials_factored.residuals.shape import moment_sums, observed_moments, truncation
 from dials_factored.shoeboxes import Pixels, background
 
 A_PIX = 0.0008  # pixel side in Å⁻¹ on the Ewald sphere
@@ -166,7 +166,7 @@ def test_fit_recovers_scales_and_width():
     fg = profile.window(pix, r_wrong, r_wrong, 3.0)
     bg, n_bg = background(pix, fg)
     j, var = profile_fit(pix, P, pix.usable, bg, n_bg, amps)
-    ma, mb, sa, sb, _ = observed_moments(pix, fg, pix.usable, bg, P, amps)
+    ma, mb, sa, sb = observed_moments(moment_sums(pix, fg & pix.usable, bg, P), bg, amps)
     use2 = (j / np.sqrt(var) > 5) & (sa > 0)
     obs = _observations(j, np.sqrt(var), i_ref, inv4d2, k, ma, mb, sa, sb, area,
                         9.0 * r_wrong ** 2, use2)

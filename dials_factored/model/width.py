@@ -25,13 +25,16 @@ class WidthGrid:
         return (1.0 - self.u) * values[self.b0] + self.u * values[self.b1]
 
 
-def build_grid(d: np.ndarray, n_bins: int) -> WidthGrid:
+def build_grid(d: np.ndarray, n_bins: int, s2_range: tuple[float, float] | None = None
+               ) -> WidthGrid:
+    """Nodes in 1/d² from ``s2_range`` (default: that of ``d``), and each d's place."""
     s2 = 1.0 / d ** 2
+    lo, hi = s2_range or (s2.min(), s2.max())
     n = max(1, n_bins)
-    if n == 1 or s2.max() - s2.min() < 1e-9:
+    if n == 1 or hi - lo < 1e-9:
         zero = np.zeros(len(d), dtype=int)
-        return WidthGrid(zero, zero, np.zeros(len(d)), 1, np.array([s2.mean()]))
-    nodes = np.linspace(s2.min(), s2.max(), n)
+        return WidthGrid(zero, zero, np.zeros(len(d)), 1, np.array([0.5 * (lo + hi)]))
+    nodes = np.linspace(lo, hi, n)
     pos = np.clip((s2 - nodes[0]) / (nodes[1] - nodes[0]), 0, n - 1 - 1e-9)
     b0 = pos.astype(int)
     return WidthGrid(b0, b0 + 1, pos - b0, n, nodes)

@@ -34,7 +34,7 @@ def profile_fit(pix, P, usable, bg, n_bg, j_expected):
     wp = w * P
     s_wp = pix.reduce(wp)
     s_wpp = pix.reduce(wp * P)
-    s_wpd = pix.reduce(wp * (pix.counts - bg[o]))
+    s_wpd = pix.reduce(wp * np.where(usable, pix.counts - bg[o], 0.0))
     ok = s_wpp > 0
     j = np.where(ok, s_wpd / np.where(ok, s_wpp, 1.0), 0.0)
     var = np.where(ok, 1.0 / np.where(ok, s_wpp, 1.0), np.inf)
@@ -76,7 +76,7 @@ def outlier_pixels(pix, P, usable, bg, j_expected, threshold: float,
     v = np.maximum(bg, 0.0)[o] + jhat[o] * P
     w = np.where(usable, 1.0 / np.maximum(v, 1.0), 0.0)
     s_wpp = pix.reduce(w * P * P)
-    fitted = np.where(s_wpp > 0, pix.reduce(w * P * (pix.counts - bg[o]))
+    fitted = np.where(s_wpp > 0, pix.reduce(w * P * np.where(usable, pix.counts - bg[o], 0.0))
                       / np.where(s_wpp > 0, s_wpp, 1.0), 0.0)
     j_ref = np.maximum(jhat, fitted)[o]
     mu = np.maximum(bg, 0.0)[o] + j_ref * P

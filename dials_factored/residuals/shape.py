@@ -47,40 +47,54 @@ def truncation(t: np.ndarray):
     return g, dg
 
 
-def observed_moments(pix, fg, usable, bg, P, j_model):
-    """(M_a, M_b, σ_a, σ_b, S0) per reflection from the pixels in the window."""
+def moment_sums(pix, use, bg, P, z_centre=None) -> dict:
+    """Per-reflection sums over the pixels ``use`` behind M and σ_M, for any J_model.
+
+    σ_M² needs v_p = Bg + J_model·P_p, and J_model is known only after the pass
+    over the pixels; since Σ v (x − M)² = Bg·Σ(x − M)² + J_model·Σ P (x − M)²,
+    the sums of 1, x, x² and P, P·x, P·x² (x = ε1², ε2² and, for rotation data
+    with ``z_centre``, (f + ½ − z_c)²) are enough.
+    """
     o = pix.owner
-    use = fg & usable
     d = np.where(use, pix.counts - bg[o], 0.0)
-    s0 = pix.reduce(d)
-    e1sq = pix.e1.astype(float) ** 2
-    e2sq = pix.e2.astype(float) ** 2
-    safe = np.where(np.abs(s0) > 0, s0, 1.0)
-    ma = pix.reduce(d * e1sq) / safe
-    mb = pix.reduce(d * e2sq) / safe
+    one = use.astype(float)
+    p_use = np.where(use, P, 0.0)
+    sums = {"s0": pix.reduce(d), "n": pix.reduce(one), "p": pix.reduce(p_use)}
+    xs = {"a": pix.e1.astype(float) ** 2, "b": pix.e2.astype(float) ** 2}
+    if z_centre is not None:
+        xs["z"] = (pix.frame + 0.5 - z_centre[o]) ** 2
+    for name, x in xs.items():
+        sums[f"d{name}"] = pix.reduce(d * x)
+        sums[f"{name}1"] = pix.reduce(one * x)
+        sums[f"{name}2"] = pix.reduce(one * x * x)
+        sums[f"p{name}1"] = pix.reduce(p_use * x)
+        sums[f"p{name}2"] = pix.reduce(p_use * x * x)
+    return sums
+
+
+def moment(sums: dict, name: str, bg, j_model):
+    """(M, σ_M) per reflection for direction ``name`` (a, b or z) from :func:`moment_sums`."""
+    safe = np.where(np.abs(sums["s0"]) > 0, sums["s0"], 1.0)
+    m = sums[f"d{name}"] / safe
     jm = np.maximum(j_model, 0.0)
-    v = np.where(use, np.maximum(bg, 0.0)[o] + jm[o] * P, 0.0)
-    expected = jm * pix.reduce(np.where(use, P, 0.0))
-    exp_safe = np.maximum(expected, 1e-9)
-    var_a = pix.reduce(v * (e1sq - ma[o]) ** 2) / exp_safe ** 2
-    var_b = pix.reduce(v * (e2sq - mb[o]) ** 2) / exp_safe ** 2
-    return ma, mb, np.sqrt(var_a), np.sqrt(var_b), s0
+    spread = sums[f"{name}2"] - 2 * m * sums[f"{name}1"] + m * m * sums["n"]
+    p_spread = sums[f"p{name}2"] - 2 * m * sums[f"p{name}1"] + m * m * sums["p"]
+    expected = np.maximum(jm * sums["p"], 1e-9)
+    var = (np.maximum(bg, 0.0) * spread + jm * p_spread) / expected ** 2
+    return m, np.sqrt(np.maximum(var, 0.0))
 
 
-def observed_frame_moment(pix, fg, usable, bg, P, j_model, z_centre):
+def observed_moments(sums: dict, bg, j_model):
+    """(M_a, M_b, σ_a, σ_b) per reflection."""
+    ma, sa = moment(sums, "a", bg, j_model)
+    mb, sb = moment(sums, "b", bg, j_model)
+    return ma, mb, sa, sb
+
+
+def observed_frame_moment(sums: dict, bg, j_model):
     """(M_z, σ_z) per reflection: second moment of the counts along the rotation."""
-    o = pix.owner
-    use = fg & usable
-    d = np.where(use, pix.counts - bg[o], 0.0)
-    s0 = pix.reduce(d)
-    dz2 = (pix.frame + 0.5 - z_centre[o]) ** 2
-    safe = np.where(np.abs(s0) > 0, s0, 1.0)
-    mz = pix.reduce(d * dz2) / safe
-    jm = np.maximum(j_model, 0.0)
-    v = np.where(use, np.maximum(bg, 0.0)[o] + jm[o] * P, 0.0)
-    expected = np.maximum(jm * pix.reduce(np.where(use, P, 0.0)), 1e-9)
-    var = pix.reduce(v * (dz2 - mz[o]) ** 2) / expected ** 2
-    return mz, np.sqrt(var + FRAME_MOMENT_FLOOR ** 2)
+    mz, smz = moment(sums, "z", bg, j_model)
+    return mz, np.sqrt(smz ** 2 + FRAME_MOMENT_FLOOR ** 2)
 
 
 def window_frames(pix, fg) -> tuple[np.ndarray, np.ndarray]:

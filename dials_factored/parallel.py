@@ -1,0 +1,40 @@
+"""Ordered map over tasks in forked worker processes (``nproc``).
+
+Workers inherit everything by fork (nothing large is pickled on the way in);
+only each task's result comes back, in task order, so results never depend on
+``nproc``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+from collections.abc import Callable, Iterator
+
+_TASK: Callable | None = None
+
+
+def _ignore_interrupt() -> None:
+    """Workers leave Ctrl-C to the parent, which stops the pool and reports it once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_in_worker(index: int):
+    return _TASK(index)
+
+
+def ordered_map(task: Callable[[int], object], n_tasks: int, nproc: int) -> Iterator:
+    """Yield ``task(i)`` for i = 0 … n_tasks − 1, in order; forked processes when nproc > 1."""
+    if nproc <= 1 or n_tasks < 2:
+        for i in range(n_tasks):
+            yield task(i)
+        return
+    global _TASK
+    _TASK = task
+    try:
+        context = multiprocessing.get_context("fork")
+        with context.Pool(min(nproc, n_tasks), _ignore_interrupt) as pool:
+            chunk = max(1, n_tasks // (8 * nproc))
+            yield from pool.imap(_run_in_worker, range(n_tasks), chunksize=chunk)
+    finally:
+        _TASK = None

@@ -1,0 +1,148 @@
+"""The shoebox pixels on disk, in blocks of whole reflections: memory does not grow with images.
+
+Each pixel column is one file (``counts`` float32 photons, ``flags`` uint8,
+``e1``/``e2`` float32 Å⁻¹, ``site`` int64 key of the physical pixel), pixels
+grouped by reflection as in :class:`~dials_factored.shoeboxes.Pixels`.
+Reflections are stored in the order in which their *last* image is read, so
+the reading completes the blocks one after another and writes each once; it
+holds only the blocks still open (one or two for stills, the blocks a
+rotation spot spans for sweeps).  Every later pass reads one block at a time.
+
+A block is cut only where the last image changes.  Boxes of neighbouring
+spots share pixels only on a common image, so a block together with its
+*halo* — the reflections whose images overlap the block's — holds every box
+that can claim one of its pixels (:func:`shoeboxes.claimed_by_neighbours`).
+For stills the halo is the block itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Flag bits of the ``flags`` column.
+USABLE, OVERLOADED, OUTLIER = 1, 2, 4
+COLUMNS = {"counts": np.float32, "flags": np.uint8, "e1": np.float32, "e2": np.float32,
+           "site": np.int64}
+#: Pixels per block: a few MB per column, so a pass's temporaries stay small.
+BLOCK_PIXELS = 1_000_000
+
+
+def plan_blocks(last_job: np.ndarray, n_pixels: np.ndarray,
+                budget: int = BLOCK_PIXELS) -> np.ndarray:
+    """Block bounds (reflection indices 0 … n) of about ``budget`` pixels, cut between images.
+
+    ``last_job`` (sorted) is the last image each reflection needs.
+    """
+    n = len(last_job)
+    cum = np.concatenate([[0], np.cumsum(n_pixels)])
+    bounds = [0]
+    for cut in np.flatnonzero(np.diff(last_job)) + 1:
+        if cum[cut] - cum[bounds[-1]] >= budget:
+            bounds.append(int(cut))
+    if n > bounds[-1]:
+        bounds.append(n)
+    return np.asarray(bounds, dtype=np.int64)
+
+
+@dataclass
+class BlockPlan:
+    """Which reflections form each block and which reflections surround it.
+
+    ``first_job``/``last_job``: first and last image index each reflection needs
+    (reflections sorted by ``last_job``); ``bounds``: block edges.
+    """
+
+    first_job: np.ndarray
+    last_job: np.ndarray
+    bounds: np.ndarray
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.bounds) - 1
+
+    def core(self, b: int) -> tuple[int, int]:
+        return int(self.bounds[b]), int(self.bounds[b + 1])
+
+    def halo(self, b: int) -> tuple[int, int, np.ndarray]:
+        """Reflections sharing an image with block ``b``: a range containing the block, and
+        the mask of the range's reflections that do share one."""
+        r0, r1 = self.core(b)
+        span = int(np.max(self.last_job - self.first_job)) if len(self.last_job) else 0
+        lo = int(self.first_job[r0:r1].min())
+        hi = int(self.last_job[r0:r1].max())
+        h0 = min(r0, int(np.searchsorted(self.last_job, lo, "left")))
+        h1 = max(r1, int(np.searchsorted(self.last_job, hi + span, "right")))
+        return h0, h1, (self.last_job[h0:h1] >= lo) & (self.first_job[h0:h1] <= hi)
+
+
+    def share(self, blocks: range):
+        """The plan of one MPI rank that integrates ``blocks``: (u0, u1, plan, own blocks).
+
+        The rank holds reflections u0 … u1 − 1: its blocks and every reflection sharing
+        an image with them, so that its blocks see the same neighbours as in one process.
+        """
+        u0 = min(self.halo(b)[0] for b in blocks)
+        u1 = max(self.halo(b)[1] for b in blocks)
+        inner = self.bounds[(self.bounds > u0) & (self.bounds < u1)]
+        bounds = np.concatenate([[u0], inner, [u1]]) - u0
+        plan = BlockPlan(self.first_job[u0:u1], self.last_job[u0:u1], bounds)
+        first = int(np.searchsorted(bounds, self.bounds[blocks.start] - u0))
+        return u0, u1, plan, range(first, first + len(blocks))
+
+
+class PixelStore:
+    """Column files under ``directory`` for the pixels of reflections ``start`` describes."""
+
+    def __init__(self, directory: str, start: np.ndarray):
+        self.directory = directory
+        self.start = start
+        total = int(start[-1])
+        for name, dtype in COLUMNS.items():
+            with open(self._path(name), "wb") as f:
+                f.truncate(total * np.dtype(dtype).itemsize)
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.directory, f"{name}.bin")
+
+    def write(self, name: str, first_pixel: int, values: np.ndarray) -> None:
+        """Write ``values`` to column ``name`` from pixel ``first_pixel`` on."""
+        values = np.ascontiguousarray(values, dtype=COLUMNS[name])
+        with open(self._path(name), "r+b") as f:
+            f.seek(first_pixel * values.itemsize)
+            f.write(values.tobytes())
+
+    def read(self, name: str, r0: int, r1: int) -> np.ndarray:
+        """Column ``name`` for the pixels of reflections r0 … r1 − 1."""
+        dtype = np.dtype(COLUMNS[name])
+        p0, p1 = int(self.start[r0]), int(self.start[r1])
+        return np.fromfile(self._path(name), dtype=dtype, count=p1 - p0,
+                           offset=p0 * dtype.itemsize)
+
+    def neighbourhood(self, b: int, h0: int, h1: int, r0: int, r1: int,
+                      candidates: np.ndarray):
+        """Which reflections of h0 … h1 − 1 share a pixel with block ``b`` (r0 … r1 − 1),
+        and compact ids of the physical pixels of those reflections.
+
+        ``candidates`` masks the reflections that share an image with the block.
+        Computed on first use and kept on disk, not in memory.
+        """
+        paths = [os.path.join(self.directory, f"{name}-{b}.bin") for name in ("keep", "sites")]
+        if os.path.exists(paths[1]):
+            return (np.fromfile(paths[0], dtype=bool),
+                    np.fromfile(paths[1], dtype=np.int32))
+        site = self.read("site", h0, h1)
+        npix = np.diff(self.start[h0:h1 + 1])
+        keep = np.zeros(h1 - h0, bool)
+        keep[r0 - h0:r1 - h0] = True
+        if h1 - h0 > r1 - r0:
+            p0, p1 = int(self.start[r0] - self.start[h0]), int(self.start[r1] - self.start[h0])
+            shares = np.isin(site, site[p0:p1]) & np.repeat(candidates, npix)
+            keep |= np.add.reduceat(shares, np.cumsum(npix) - npix) > 0
+            site = site[np.repeat(keep, npix)]
+        ids = np.unique(site, return_inverse=True)[1].astype(np.int32)
+        keep.tofile(paths[0])
+        ids.tofile(paths[1])
+        return keep, ids
