@@ -9,6 +9,7 @@ libtbx.pkg_utils.define_entry_points(
         "console_scripts": [
             "dials.factored_integrate=dials_factored.command_line.factored_integrate:run",
             "dials.factored_simulate=dials_factored.command_line.factored_simulate:run",
+            "dials.factored_xia2_ssx=dials_factored.command_line.factored_xia2_ssx:run",
         ]
     }
 )

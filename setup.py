@@ -14,11 +14,12 @@ setup(
     description="Factored-likelihood integration and scaling for DIALS (stills and rotation)",
     packages=find_packages(include=["dials_factored", "dials_factored.*"]),
     python_requires=">=3.9",
-    extras_require={"test": ["pytest", "ruff"]},
+    extras_require={"test": ["pytest", "ruff", "hypothesis"]},
     entry_points={
         "console_scripts": [
             "dials.factored_integrate=dials_factored.command_line.factored_integrate:run",
             "dials.factored_simulate=dials_factored.command_line.factored_simulate:run",
+            "dials.factored_xia2_ssx=dials_factored.command_line.factored_xia2_ssx:run",
         ],
     },
 )

@@ -15,6 +15,8 @@
    written to ``<workdir>/demo_results.json``.
 
 Any failing step, the factored route included, stops the demo with a non-zero exit.
+:func:`prepare` (steps 1-2), :func:`compare` (steps 3-4 and the scores) and
+:meth:`Comparison.tables` are shared with the benchmark (``python -m benchmarks.run``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +37,14 @@ from dials_factored import evaluate as ev
 
 #: Seed of the simulated data set (fixed, so every demo run sees the same data).
 SEED = 1
-#: Subdirectories the demo writes (and removes again before a new run).
-STEPS = ("simulate", "index", "dials", "factored")
 #: Stop the factored integration if it takes longer than this (seconds).
 FACTORED_TIMEOUT = 420
+#: What the DIALS route runs, per mode (for progress lines).
+DIALS_ROUTE = {"stills": "dials.ssx_integrate algorithm=stills, dials.scale, dials.merge",
+               "rotation": "dials.integrate, dials.scale, dials.merge"}
+#: What indexing runs, per mode (for progress lines).
+INDEXING = {"stills": "dials.import, dials.find_spots, dials.ssx_index",
+            "rotation": "dials.import, dials.find_spots, dials.index, dials.refine"}
 
 
 def progress(message: str) -> None:
@@ -44,19 +52,62 @@ def progress(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def simulate(workdir: Path, mode: str = "stills", n_images: int | None = None) -> dp.Stage:
-    """Run the simulator (defaults, fixed seed); files images + truth."""
-    stage = dp.Stage(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    args = [f"mode={mode}", f"seed={SEED}"] + ([f"n_images={n_images}"] if n_images else [])
-    stage.add(dp.run_program("dials.factored_simulate", args, workdir,
-                             expect=["truth/models.expt", "truth/truth.mtz",
-                                     "truth/observations.npz"]))
-    stage.files.update(images=workdir / "images", models=workdir / "truth" / "models.expt",
-                       truth_json=workdir / "truth" / "truth.json",
-                       truth_mtz=workdir / "truth" / "truth.mtz",
-                       observations=workdir / "truth" / "observations.npz")
-    return stage
+@dataclass
+class Inputs:
+    """A simulated data set, indexed: what both routes start from."""
+
+    mode: str
+    sim: dp.Stage
+    indexed: dp.Stage
+    images: list[Path]
+    space_group: str
+    unit_cell: tuple[float, ...]
+    #: the beam's relative bandwidth, from the simulator's truth (a user knows it)
+    bandwidth: float
+
+    @property
+    def factored_args(self) -> list[str]:
+        """Parameters of dials.factored_integrate for these data: the beam's bandwidth is
+        a property of the source that a user knows, and DIALS's stills models have no
+        place for it, so it is passed as a parameter."""
+        return [f"beam.bandwidth={self.bandwidth}"]
+
+    def as_dict(self) -> dict:
+        """Plain data for JSON (see :meth:`from_dict`)."""
+        return {"mode": self.mode, "sim": self.sim.as_dict(), "indexed": self.indexed.as_dict(),
+                "images": [str(p) for p in self.images], "space_group": self.space_group,
+                "unit_cell": list(self.unit_cell), "bandwidth": self.bandwidth}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Inputs:
+        """The inputs recorded by :meth:`as_dict`."""
+        return cls(mode=d["mode"], sim=dp.Stage.from_dict(d["sim"]),
+                   indexed=dp.Stage.from_dict(d["indexed"]),
+                   images=[Path(p) for p in d["images"]], space_group=d["space_group"],
+                   unit_cell=tuple(d["unit_cell"]), bandwidth=d["bandwidth"])
+
+
+@dataclass
+class Comparison:
+    """Both routes run on the same :class:`Inputs` and scored against the truth."""
+
+    inputs: Inputs
+    routes: dict[str, dp.Stage]
+    #: each route's merged data on its own reflections
+    scores: dict[str, ev.Score]
+    #: each route's merged data on the reflections all routes merged
+    common: dict[str, ev.Score]
+    #: the ideal estimator on the common reflections
+    ideal: ev.Score
+
+    def tables(self) -> str:
+        """The two Markdown CC tables: on the common reflections (with the ideal), and
+        on each route's own reflections."""
+        return ("CC on the reflections both routes merged (completeness: each route's own):\n"
+                + ev.format_table(self.common, ideal=self.ideal, ratio=("factored", "dials"),
+                                  completeness=self.scores)
+                + "\n\nCC on each route's own reflections:\n"
+                + ev.format_table(self.scores, ratio=("factored", "dials")))
 
 
 def true_symmetry(models: Path) -> tuple[str, tuple[float, ...]]:
@@ -68,11 +119,27 @@ def true_symmetry(models: Path) -> tuple[str, tuple[float, ...]]:
     return symbol, tuple(crystal.get_unit_cell().parameters())
 
 
-def ideal_from_observations(path: Path, truth, shells: ev.Shells, on) -> ev.Score:
-    """The ideal estimator's score, from the simulator's per-observation truth, on the
-    reflections of the merged array ``on``."""
-    obs = np.load(path)
-    return ev.ideal_score(truth, obs["miller_index"], obs["ideal_variance"], shells, on=on)
+def prepare(workdir: Path, mode: str, nproc: int, n_images: int | None = None,
+            simulate_args: Sequence[str] = (), report=progress) -> Inputs:
+    """Simulate (fixed seed) into ``<workdir>/simulate`` and index into ``<workdir>/index``.
+
+    Both directories are emptied first.  ``simulate_args`` are extra phil parameters of
+    dials.factored_simulate (e.g. ``detector.size=2463,2527``); ``report`` prints progress.
+    """
+    for step in ("simulate", "index"):
+        shutil.rmtree(workdir / step, ignore_errors=True)
+    report(f"simulating (dials.factored_simulate {' '.join([f'mode={mode}', *simulate_args])})")
+    sim = dp.simulate(workdir / "simulate", mode, SEED, n_images, simulate_args)
+    images = sorted(sim.files["images"].glob("*.cbf"))
+    space_group, cell = true_symmetry(sim.files["models"])
+    report(f"    {len(images)} images, {space_group}, cell "
+           f"{', '.join(f'{x:.2f}' for x in cell)} ({sim.wall_time:.0f} s)")
+    report(f"indexing ({INDEXING[mode]})")
+    indexed = dp.index(images, workdir / "index", mode, space_group, cell, nproc=nproc)
+    report(f"    done ({indexed.wall_time:.0f} s)")
+    bandwidth = json.loads(sim.files["truth_json"].read_text())["parameters"]["bandwidth"]
+    return Inputs(mode=mode, sim=sim, indexed=indexed, images=images, space_group=space_group,
+                  unit_cell=cell, bandwidth=bandwidth)
 
 
 def score_routes(sim: dp.Stage, routes: dict[str, dp.Stage], n_shells: int):
@@ -91,68 +158,56 @@ def score_routes(sim: dp.Stage, routes: dict[str, dp.Stage], n_shells: int):
         own[name] = ev.score_merged(merged[name], truth, shells, unmerged=unmerged)
     common = ev.on_common_reflections(merged, truth)
     on_common = {name: ev.score_merged(a, truth, shells) for name, a in common.items()}
-    ideal = ideal_from_observations(sim.files["observations"], truth, shells,
-                                    next(iter(common.values())))
+    obs = np.load(sim.files["observations"])
+    ideal = ev.ideal_score(truth, obs["miller_index"], obs["ideal_variance"], shells,
+                           on=next(iter(common.values())))
     return own, on_common, ideal
+
+
+def compare(inputs: Inputs, workdir: Path, nproc: int, n_shells: int = 10,
+            factored_timeout: float | None = FACTORED_TIMEOUT, export: bool = True,
+            report=progress) -> Comparison:
+    """The DIALS route (``<workdir>/dials``) and the factored route (``<workdir>/factored``,
+    with dials.export if ``export``) from the same indexed data, scored against the truth.
+
+    Both directories are emptied first; a failing program raises ``RuntimeError``.
+    """
+    mode = inputs.mode
+    for step in ("dials", "factored"):
+        shutil.rmtree(workdir / step, ignore_errors=True)
+    report(f"DIALS route ({DIALS_ROUTE[mode]})")
+    dials_route = dp.dials_route(inputs.indexed, workdir / "dials", mode, nproc=nproc)
+    report(f"    done ({dials_route.wall_time:.0f} s)")
+    report("factored route (dials.factored_integrate, dials.merge"
+           + (", dials.export)" if export else ")"))
+    factored = dp.factored_route(inputs.indexed, workdir / "factored", nproc=nproc,
+                                 integrate_args=inputs.factored_args,
+                                 timeout=factored_timeout, export=export)
+    report(f"    done ({factored.wall_time:.0f} s)")
+    report("scoring against the true intensities")
+    routes = {"dials": dials_route, "factored": factored}
+    scores, common, ideal = score_routes(inputs.sim, routes, n_shells)
+    return Comparison(inputs=inputs, routes=routes, scores=scores, common=common, ideal=ideal)
 
 
 def run(workdir: Path, nproc: int, n_shells: int = 10, mode: str = "stills",
         n_images: int | None = None) -> dict:
     """The whole demo; returns what it writes to ``demo_results.json``."""
     workdir = workdir.resolve()
-    for step in STEPS:
-        shutil.rmtree(workdir / step, ignore_errors=True)
     start = time.perf_counter()
-
-    progress(f"1/5 simulating (dials.factored_simulate mode={mode})")
-    sim = simulate(workdir / "simulate", mode, n_images)
-    images = sorted(sim.files["images"].glob("*.cbf"))
-    space_group, cell = true_symmetry(sim.files["models"])
-    progress(f"    {len(images)} images, {space_group}, cell "
-             f"{', '.join(f'{x:.2f}' for x in cell)} ({sim.wall_time:.0f} s)")
-
-    if mode == "stills":
-        progress("2/5 indexing (dials.import, dials.find_spots, dials.ssx_index)")
-        indexed = dp.index_stills(images, workdir / "index", space_group, cell, nproc=nproc)
-        progress(f"    done ({indexed.wall_time:.0f} s)")
-        progress("3/5 DIALS route (dials.ssx_integrate algorithm=stills, dials.scale, "
-                 "dials.merge)")
-        dials_route = dp.dials_route_stills(indexed, workdir / "dials", nproc=nproc)
-    else:
-        progress("2/5 indexing (dials.import, dials.find_spots, dials.index, dials.refine)")
-        indexed = dp.index_rotation(images, workdir / "index", space_group, nproc=nproc,
-                                    unit_cell=cell)
-        progress(f"    done ({indexed.wall_time:.0f} s)")
-        progress("3/5 DIALS route (dials.integrate, dials.scale, dials.merge)")
-        dials_route = dp.dials_route_rotation(indexed, workdir / "dials", nproc=nproc)
-    progress(f"    done ({dials_route.wall_time:.0f} s)")
-
-    progress("4/5 factored route (dials.factored_integrate, dials.merge, dials.export)")
-    # the beam's bandwidth is a property of the source that a user knows; DIALS's stills
-    # models have no place for it, so it is passed as a parameter
-    bandwidth = json.loads(sim.files["truth_json"].read_text())["parameters"]["bandwidth"]
-    factored = dp.factored_route(indexed, workdir / "factored", nproc=nproc,
-                                 integrate_args=[f"beam.bandwidth={bandwidth}"],
-                                 timeout=FACTORED_TIMEOUT)
-    progress(f"    done ({factored.wall_time:.0f} s)")
-
-    progress("5/5 scoring against the true intensities")
-    routes = {"dials": dials_route, "factored": factored}
-    scores, common, ideal = score_routes(sim, routes, n_shells)
-    table = ("CC on the reflections both routes merged (completeness: each route's own):\n"
-             + ev.format_table(common, ideal=ideal, ratio=("factored", "dials"),
-                               completeness=scores)
-             + "\n\nCC on each route's own reflections:\n"
-             + ev.format_table(scores, ratio=("factored", "dials")))
+    inputs = prepare(workdir, mode, nproc, n_images)
+    comparison = compare(inputs, workdir, nproc, n_shells)
+    scores, routes = comparison.scores, comparison.routes
+    table = comparison.tables()
     results = {
-        "workdir": str(workdir), "mode": mode, "seed": SEED, "space_group": space_group,
-        "unit_cell": cell,
-        "n_images": len(images), "wall_time_s": round(time.perf_counter() - start, 1),
+        "workdir": str(workdir), "mode": mode, "seed": SEED,
+        "space_group": inputs.space_group, "unit_cell": inputs.unit_cell,
+        "n_images": len(inputs.images), "wall_time_s": round(time.perf_counter() - start, 1),
         "scores": {name: s.as_dict() for name, s in scores.items()},
-        "scores_common": {name: s.as_dict() for name, s in common.items()},
-        "ideal": ideal.as_dict(), "table": table,
+        "scores_common": {name: s.as_dict() for name, s in comparison.common.items()},
+        "ideal": comparison.ideal.as_dict(), "table": table,
         "timings": {name: stage.timings() for name, stage in
-                    {"simulate": sim, "index": indexed, **routes}.items()},
+                    {"simulate": inputs.sim, "index": inputs.indexed, **routes}.items()},
     }
     (workdir / "demo_results.json").write_text(json.dumps(results, indent=1))
     print()

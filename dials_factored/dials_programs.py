@@ -14,11 +14,14 @@ program, the exit code and the last lines of its log.
 
 Pipelines (each returns a :class:`Stage`: output paths plus the runs with their timings):
 
+* :func:`simulate`: dials.factored_simulate (images and the truth)
 * :func:`index_stills`: dials.import → dials.find_spots → dials.ssx_index
 * :func:`index_rotation`: dials.import → dials.find_spots → dials.index → dials.refine
 * :func:`dials_route_stills`: dials.ssx_integrate algorithm=stills → dials.scale → dials.merge
 * :func:`dials_route_rotation`: dials.integrate → dials.scale → dials.merge
-* :func:`factored_route`: dials.factored_integrate → dials.merge → dials.export
+* :func:`factored_route`: dials.factored_integrate → dials.merge (→ dials.export)
+
+:func:`index` and :func:`dials_route` pick the stills or rotation pipeline by mode.
 """
 
 from __future__ import annotations
@@ -74,6 +77,12 @@ class ProgramRun(subprocess.CompletedProcess):
         return {"program": self.name, "wall_s": round(self.wall_time, 2),
                 "peak_rss_mb": round(self.peak_rss_mb, 1), "log": str(self.log_path)}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> ProgramRun:
+        """A run recorded by :meth:`as_dict` (the command line is not kept: ``[program]``)."""
+        return cls([d["program"]], 0, d["program"], Path(d["log"]), d["wall_s"],
+                   d["peak_rss_mb"])
+
 
 @dataclass
 class Stage:
@@ -101,6 +110,18 @@ class Stage:
         """Record a run and return it."""
         self.runs.append(run)
         return run
+
+    def as_dict(self) -> dict:
+        """Working directory, files and timings, for JSON (see :meth:`from_dict`)."""
+        return {"workdir": str(self.workdir),
+                "files": {k: str(v) for k, v in self.files.items()},
+                "runs": self.timings()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Stage:
+        """The stage recorded by :meth:`as_dict`."""
+        return cls(Path(d["workdir"]), {k: Path(v) for k, v in d["files"].items()},
+                   [ProgramRun.from_dict(r) for r in d["runs"]])
 
 
 def program_path(name: str) -> str:
@@ -151,17 +172,20 @@ def _tail(path: Path, n: int = ERROR_TAIL_LINES) -> str:
 
 def run_program(name: str, args: Sequence[str], cwd: str | os.PathLike,
                 log_dir: str | os.PathLike | None = None,
-                expect: Sequence[str] = (), timeout: float | None = None) -> ProgramRun:
+                expect: Sequence[str] = (), timeout: float | None = None,
+                launcher: Sequence[str] = ()) -> ProgramRun:
     """Run DIALS program ``name`` (e.g. ``"dials.import"``) with ``args`` in ``cwd``.
 
     stdout+stderr go to ``<log_dir or cwd>/<name>.out``.  ``expect`` lists output files
-    (relative to ``cwd``) that must exist afterwards.  Raises ``RuntimeError`` on a non-zero
-    exit, a missing expected output or a timeout (the process tree is then killed).
+    (relative to ``cwd``) that must exist afterwards.  ``launcher`` is put in front of the
+    command (e.g. ``["mpirun", "-n", "2"]``; the memory of its whole process tree counts).
+    Raises ``RuntimeError`` on a non-zero exit, a missing expected output or a timeout (the
+    process tree is then killed).
     """
     cwd = Path(cwd)
     log_path = Path(log_dir or cwd) / f"{name}.out"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, program_path(name), *map(str, args)]
+    cmd = [*map(str, launcher), sys.executable, program_path(name), *map(str, args)]
     done, peak = threading.Event(), [0]
     start = time.perf_counter()
     with open(log_path, "w") as log:
@@ -225,6 +249,27 @@ def _workdir(path: str | os.PathLike) -> Path:
     return path
 
 
+def simulate(workdir: str | os.PathLike, mode: str, seed: int, n_images: int | None = None,
+             args: Sequence[str] = ()) -> Stage:
+    """dials.factored_simulate ``mode`` with ``seed`` (and extra phil ``args``) in ``workdir``.
+
+    Files: ``images`` (the directory of CBF files), ``models``, ``truth_json``,
+    ``truth_mtz`` and ``observations`` (the simulator's truth).
+    """
+    stage = Stage(_workdir(workdir))
+    wd = stage.workdir
+    stage.add(run_program("dials.factored_simulate",
+                          [f"mode={mode}", f"seed={seed}",
+                           *([f"n_images={n_images}"] if n_images else []), *args], wd,
+                          expect=["truth/models.expt", "truth/truth.mtz",
+                                  "truth/observations.npz"]))
+    stage.files.update(images=wd / "images", models=wd / "truth" / "models.expt",
+                       truth_json=wd / "truth" / "truth.json",
+                       truth_mtz=wd / "truth" / "truth.mtz",
+                       observations=wd / "truth" / "observations.npz")
+    return stage
+
+
 def _import_and_find_spots(stage: Stage, images: Sequence[str | os.PathLike], nproc: int,
                            find_spots_args: Sequence[str]) -> None:
     wd = stage.workdir
@@ -275,6 +320,14 @@ def index_rotation(images: Sequence[str | os.PathLike], workdir: str | os.PathLi
                           expect=["refined.expt", "refined.refl"]))
     stage.files.update(expt=wd / "refined.expt", refl=wd / "refined.refl")
     return stage
+
+
+def index(images: Sequence[str | os.PathLike], workdir: str | os.PathLike, mode: str,
+          space_group: str, unit_cell: Sequence[float], nproc: int = 2) -> Stage:
+    """:func:`index_stills` (``mode="stills"``) or :func:`index_rotation` (``"rotation"``)."""
+    if mode == "stills":
+        return index_stills(images, workdir, space_group, unit_cell, nproc=nproc)
+    return index_rotation(images, workdir, space_group, nproc=nproc, unit_cell=unit_cell)
 
 
 def _scale_and_merge(stage: Stage, expt: str, refl: str, scale_args: Sequence[str],
@@ -329,14 +382,22 @@ def dials_route_rotation(refined: Stage, workdir: str | os.PathLike, nproc: int 
     return stage
 
 
+def dials_route(indexed: Stage, workdir: str | os.PathLike, mode: str,
+                nproc: int = 2) -> Stage:
+    """:func:`dials_route_stills` or :func:`dials_route_rotation` by ``mode``."""
+    if mode == "stills":
+        return dials_route_stills(indexed, workdir, nproc=nproc)
+    return dials_route_rotation(indexed, workdir, nproc=nproc)
+
+
 def factored_route(indexed: Stage, workdir: str | os.PathLike, nproc: int = 2,
                    integrate_args: Sequence[str] = (), merge_args: Sequence[str] = (),
-                   timeout: float | None = None) -> Stage:
-    """dials.factored_integrate → dials.merge → dials.export (unmerged scaled MTZ).
+                   timeout: float | None = None, export: bool = True) -> Stage:
+    """dials.factored_integrate → dials.merge (→ dials.export, an unmerged scaled MTZ).
 
     dials.factored_integrate writes integrated *and scaled* data, so there is no
     dials.scale step.  Files: ``scaled_expt``/``scaled_refl`` (factored.*),
-    ``merged_mtz`` and ``unmerged_mtz``.
+    ``merged_mtz`` and, with ``export``, ``unmerged_mtz``.
     """
     stage = Stage(_workdir(workdir))
     wd = stage.workdir
@@ -346,9 +407,11 @@ def factored_route(indexed: Stage, workdir: str | os.PathLike, nproc: int = 2,
                           expect=["factored.expt", "factored.refl"], timeout=timeout))
     stage.add(run_program("dials.merge", ["factored.expt", "factored.refl", *MERGE_ARGS,
                                           *merge_args], wd, expect=["merged.mtz"]))
-    stage.add(run_program("dials.export", ["factored.expt", "factored.refl", "format=mtz",
-                                           "mtz.hklout=factored_unmerged.mtz"], wd,
-                          expect=["factored_unmerged.mtz"]))
     stage.files.update(scaled_expt=wd / "factored.expt", scaled_refl=wd / "factored.refl",
-                       merged_mtz=wd / "merged.mtz", unmerged_mtz=wd / "factored_unmerged.mtz")
+                       merged_mtz=wd / "merged.mtz")
+    if export:
+        stage.add(run_program("dials.export", ["factored.expt", "factored.refl", "format=mtz",
+                                               "mtz.hklout=factored_unmerged.mtz"], wd,
+                              expect=["factored_unmerged.mtz"]))
+        stage.files["unmerged_mtz"] = wd / "factored_unmerged.mtz"
     return stage

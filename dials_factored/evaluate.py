@@ -70,16 +70,17 @@ class Score:
 
     def as_dict(self) -> dict:
         """Plain data for JSON (NaN becomes None)."""
-        return _no_nan(asdict(self))
+        return without_nan(asdict(self))
 
 
-def _no_nan(x):
+def without_nan(x):
+    """``x`` (nested dicts, lists, tuples) with NaN and infinities as None, for JSON."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: _no_nan(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_no_nan(v) for v in x]
+        return {k: without_nan(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [without_nan(v) for v in x]
     return x
 
 
@@ -387,8 +388,31 @@ def ideal_score(truth: miller.array, indices, variances, shells: Shells,
 # --------------------------------------------------------------------------- report
 
 
-def _fmt(x: float, digits: int = 3) -> str:
+def _fmt(x: float | int | None, digits: int = 3) -> str:
+    if isinstance(x, int):
+        return str(x)
     return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _shell_rows(first: Score):
+    """(label, pick) per shell and then overall; ``pick(score)`` is that row of a score."""
+    for i in [*range(len(first.shells)), None]:
+        def pick(s: Score, i=i) -> ShellStats:
+            return s.overall if i is None else s.shells[i]
+
+        row = pick(first)
+        yield ("overall" if i is None else f"{row.d_max:.2f}–{row.d_min:.2f}"), pick
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]],
+                   bold_last: bool = False) -> str:
+    """A Markdown table of strings; with ``bold_last`` the last row (overall) in bold."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for k, cells in enumerate(rows):
+        if bold_last and k == len(rows) - 1:
+            cells = [f"**{c}**" for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def format_table(scores: Mapping[str, Score], ideal: Score | None = None,
@@ -401,7 +425,6 @@ def format_table(scores: Mapping[str, Score], ideal: Score | None = None,
     route's own reflections when ``scores`` are on a common set) and of the ideal.
     """
     names = list(scores)
-    first = scores[names[0]]
     header = ["d (Å)", *[f"CC {n}" for n in names]]
     if ideal is not None:
         header.append("CC ideal")
@@ -410,13 +433,8 @@ def format_table(scores: Mapping[str, Score], ideal: Score | None = None,
     header += [f"compl. {n}" for n in names]
     if ideal is not None:
         header.append("observed")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for i in [*range(len(first.shells)), None]:
-        def pick(s: Score, i=i) -> ShellStats:
-            return s.overall if i is None else s.shells[i]
-
-        row0 = pick(first)
-        label = "overall" if i is None else f"{row0.d_max:.2f}–{row0.d_min:.2f}"
+    rows = []
+    for label, pick in _shell_rows(scores[names[0]]):
         cells = [label, *[_fmt(pick(scores[n]).cc) for n in names]]
         if ideal is not None:
             cells.append(_fmt(pick(ideal).cc))
@@ -426,10 +444,20 @@ def format_table(scores: Mapping[str, Score], ideal: Score | None = None,
         cells += [_fmt(pick((completeness or scores)[n]).completeness, 3) for n in names]
         if ideal is not None:
             cells.append(_fmt(pick(ideal).completeness, 3))
-        if i is None:
-            cells = [f"**{c}**" for c in cells]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(header, rows, bold_last=True)
+
+
+def format_columns(scores: Mapping[str, Score], columns: Mapping[str, str]) -> str:
+    """A Markdown table of other shell statistics: for each ``columns`` entry
+    (``ShellStats`` field → title, e.g. ``{"cc_half": "CC½", "z_rms": "rms z"}``) one
+    column per route."""
+    names = list(scores)
+    header = ["d (Å)", *[f"{title} {n}" for title in columns.values() for n in names]]
+    rows = [[label, *[_fmt(getattr(pick(scores[n]), field)) for field in columns
+                      for n in names]]
+            for label, pick in _shell_rows(scores[names[0]])]
+    return markdown_table(header, rows, bold_last=True)
 
 
 # --------------------------------------------------------------------------- per observation

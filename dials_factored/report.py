@@ -62,22 +62,25 @@ def figures(result, shells) -> list[tuple[str, str]]:
         {"x": c.tolist(), "y": n.tolist(), "type": "bar", "name": "observed"},
         {"x": c.tolist(), "y": gauss, "name": "N(0, 1)", "mode": "lines"}],
         {"xaxis": {"title": "z"}, "yaxis": {"title": "reflections"}})))
-    if shells:
-        dmid = [0.5 * (r["d_min"] + min(r["d_max"], 2 * r["d_min"])) for r in shells]
-        labels = [f"{r['d_max']:.2f}-{r['d_min']:.2f}" for r in shells]
-        out.append(("CC½ and ⟨I/σ⟩ against resolution", _figure("cc", [
-            {"x": labels, "y": [r["cc_half"] for r in shells], "name": "CC½",
-             "mode": "lines+markers"},
-            {"x": labels, "y": [r["i_over_sigma"] for r in shells], "name": "⟨I/σ⟩",
-             "yaxis": "y2", "mode": "lines+markers"}],
-            {"xaxis": {"title": "resolution shell (Å)"}, "yaxis": {"title": "CC½"},
-             "yaxis2": {"title": "⟨I/σ⟩", "overlaying": "y", "side": "right"},
-             "meta": dmid})))
+    out.append(_shells_figure(shells))
     per_image = result.diagnostics["outliers_per_image"]
     out.append(("Masked outlier pixels (hot pixels, zingers) per image", _figure("out", [
         {"x": list(range(len(per_image))), "y": per_image.tolist(), "type": "bar"}],
         {"xaxis": {"title": "image"}, "yaxis": {"title": "pixels"}})))
     return out
+
+
+def _shells_figure(shells) -> tuple[str, str]:
+    """CC½ and ⟨I/σ⟩ by resolution shell (an empty plot, so noted, without scaled data)."""
+    labels = [f"{r['d_max']:.2f}-{r['d_min']:.2f}" for r in shells]
+    title = "CC½ and ⟨I/σ⟩ against resolution" + ("" if shells else " (no scaled reflections)")
+    return title, _figure("cc", [
+        {"x": labels, "y": [r["cc_half"] for r in shells], "name": "CC½",
+         "mode": "lines+markers"},
+        {"x": labels, "y": [r["i_over_sigma"] for r in shells], "name": "⟨I/σ⟩",
+         "yaxis": "y2", "mode": "lines+markers"}],
+        {"xaxis": {"title": "resolution shell (Å)"}, "yaxis": {"title": "CC½"},
+         "yaxis2": {"title": "⟨I/σ⟩", "overlaying": "y", "side": "right"}})
 
 
 def render(result, shells, title: str = "dials.factored_integrate") -> str:

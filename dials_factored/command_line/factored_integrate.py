@@ -19,6 +19,8 @@ Examples::
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 import time
 
@@ -41,7 +43,14 @@ d_min = None
   .help = "High-resolution limit (Å). None: the detector's corners."
 nproc = 1
   .type = int(value_min=1)
-  .help = "Number of processes."
+  .help = "Number of processes (per MPI rank with mp.method=mpi)."
+mp {
+  method = *multiprocessing mpi
+    .type = choice
+    .help = "multiprocessing: nproc forked processes on this machine.  mpi: run under"
+            "mpirun; the ranks share the images (stills) or image blocks (rotation) and"
+            "exchange sums, not pixels; rank 0 writes the outputs."
+}
 detector {
   gain = 1.0
     .type = float(value_min=0)
@@ -136,6 +145,11 @@ prediction {
     .type = float(value_min=0)
     .help = "Rotation: skip reflections with |ζ| below this (close to the axis)."
     .expert_level = 1
+  partiality_floor = 0.001
+    .type = float(value_min=0, value_max=1)
+    .help = "Stills: after the first cycle, reflections whose partiality is below this"
+            "even with R0_eff widened by 25 % are no longer integrated (no signal)."
+    .expert_level = 1
 }
 outliers {
   pixel_threshold = 8.0
@@ -176,6 +190,11 @@ output {
   parameters = factored_parameters.json
     .type = path
     .help = "Fitted G, B per node, R1(d), R0 and the history of the fit."
+  scratch = None
+    .type = path
+    .help = "Directory for the temporary on-disk pixel store (removed at the end);"
+            "None: the system's temporary directory."
+    .expert_level = 1
   log = dials.factored_integrate.log
     .type = path
     .help = "The log file."
@@ -206,22 +225,27 @@ def run(args: list[str] | None = None, phil=phil_scope) -> None:
         check_format=True,
     )
     try:
-        params, options, unhandled = parser.parse_args(
-            args=args, show_diff_phil=False, return_unhandled=True
-        )
-    except RuntimeError as e:  # an invalid PHIL value (libtbx.phil raises RuntimeError)
-        raise Sorry(_phil_error(str(e))) from None
-    if unhandled:
-        raise Sorry(_unhandled_error(unhandled))
-    experiments = flatten_experiments(params.input.experiments)
-    reflections = flatten_reflections(params.input.reflections)
-    if len(experiments) == 0:
-        parser.print_help()
+        params, options, experiments, strong = _parse(parser, args)
+        if len(experiments) == 0:
+            parser.print_help()
+            return
+        world = _world(params)
+        _validate(params, experiments, strong)  # before the log file: bad input leaves no file
+        if world.rank == 0:
+            _start_log(params, options, phil)
+        writes = _integrate(params, experiments, strong, world)
+    except KeyboardInterrupt:
+        raise Sorry("interrupted by the user (Ctrl-C); nothing was written") from None
+    if world.rank != 0:
         return
-    if len(reflections) > 1:
-        raise Sorry("give one reflection table (it may hold many stills)")
-    strong = reflections[0] if reflections else None
+    if _write_all(writes):
+        raise Sorry("interrupted by the user (Ctrl-C) while the outputs were written; "
+                    "they were completed first")
+    logger.info("Saved %s", ", ".join(path for _, _, path in writes))
 
+
+def _start_log(params, options, phil) -> None:
+    """Open the log file; log the version, the inputs and the parameters changed."""
     log.config(verbosity=options.verbose, logfile=params.output.log)
     from dials.util.version import dials_version
 
@@ -233,60 +257,185 @@ def run(args: list[str] | None = None, phil=phil_scope) -> None:
     if diff:
         logger.info("The following parameters have been modified:\n%s", diff)
 
-    from dials_factored import inputs, output
-    from dials_factored.integrate import run_factored
+
+def _parse(parser, args):
+    """Parameters, options, experiments and the reflection table (or None); Sorry on errors."""
+    try:
+        params, options, unhandled = parser.parse_args(
+            args=args, show_diff_phil=False, return_unhandled=True
+        )
+    except RuntimeError as e:  # an invalid PHIL value (libtbx.phil raises RuntimeError)
+        raise Sorry(f"invalid parameter: {_first_line(str(e))}") from None
+    if unhandled:
+        raise Sorry(_unhandled_error(unhandled))
+    try:
+        experiments = flatten_experiments(params.input.experiments)
+    except RuntimeError as e:  # e.g. the same experiments given twice
+        raise Sorry(f"could not combine the experiment files: {_first_line(str(e))}") from None
+    reflections = flatten_reflections(params.input.reflections)
+    if len(reflections) > 1:
+        raise Sorry("give one reflection table (it may hold many stills)")
+    return params, options, experiments, reflections[0] if reflections else None
+
+
+def _validate(params, experiments, strong) -> None:
+    """Everything that can be checked before reading an image (one Sorry if not)."""
+    from dials_factored import inputs, reference
+    from dials_factored.merging import symmetry_of
 
     inputs.check_experiments(experiments)
     inputs.check_reflections(strong, experiments)
-    given = [i.filename for i in params.input.experiments] + [
-        i.filename for i in params.input.reflections]
-    output.check_paths([params.output.experiments, params.output.reflections,
-                        params.output.parameters], given)
+    out = params.output
+    inputs.check_outputs([out.experiments, out.reflections, out.parameters, out.log, out.html],
+                         inputs.input_paths(params, experiments))
+    inputs.check_scratch(out.scratch)
+    try:
+        reference.check(params.reference, symmetry_of(experiments))
+    except ValueError as e:
+        raise Sorry(str(e)) from None
+
+
+def _world(params):
+    """The processes of this run: serial, or the MPI ranks (``mp.method=mpi``)."""
+    from dials_factored import collective
+
+    if params.mp.method != "mpi":
+        return collective.world()
+    try:
+        world = collective.use_mpi()
+    except ImportError:
+        raise Sorry("mp.method=mpi needs mpi4py (Debian: python3-mpi4py, openmpi-bin); "
+                    "run the install command") from None
+    if world.rank != 0:  # only rank 0 logs; the others report errors only
+        logging.getLogger("dials").setLevel(logging.ERROR)
+    return world
+
+
+def _integrate(params, experiments, strong, world) -> list:
+    """Run the integration; return the outputs to write as (writer, data, path).
+
+    Under MPI every rank integrates its share; rank 0 gathers the reflections
+    and returns the outputs, the other ranks return nothing.
+    """
+    from dials_factored import output
+    from dials_factored.integrate import apply_orientation_corrections, run_factored
 
     start = time.time()
     try:
-        result = run_factored(experiments, strong, params,
-                              progress=progress_printer(logger, "read"))
-    except ValueError as e:
-        raise Sorry(str(e)) from e
+        result = run_factored(experiments, strong, params, progress=progress_printer(
+            logger, "read") if world.rank == 0 else None)
+    except (ValueError, OSError) as e:  # bad data, or a full or failing disk
+        logger.debug("Stopped by", exc_info=True)
+        raise Sorry(str(e)) from None
+    except Exception:  # a fault on one rank must not leave the others waiting
+        if world.size > 1:
+            import traceback
+
+            traceback.print_exc()
+            world.comm.Abort(1)
+        raise
+    if world.size > 1:
+        result = _gathered(result, world)
+        if world.rank != 0:
+            return []
+    if len(result.table) == 0:
+        raise Sorry("no reflection could be integrated: no predicted reflection has usable "
+                    "pixels (all masked, outside the trusted range or overloaded); nothing "
+                    "was written")
     logger.info("Integrated %d reflections in %.1f s", len(result.table), time.time() - start)
     shells = _log_statistics(result, experiments)
-    output.write_reflections(result.table, params.output.reflections)
-    from dials_factored.integrate import apply_orientation_corrections
-
     if apply_orientation_corrections(experiments, result.parameters):
         logger.info("Crystal orientations updated with the fitted corrections (stills)")
-    output.write_experiments(experiments, params.output.experiments)
-    output.write_json({"parameters": result.parameters, "history": result.history,
-                       "timings": result.timings}, params.output.parameters)
-    logger.info("Saved %s, %s and %s", params.output.reflections, params.output.experiments,
-                params.output.parameters)
+    writes = [
+        (output.write_reflections, result.table, params.output.reflections),
+        (output.write_experiments, experiments, params.output.experiments),
+        (output.write_json, {"parameters": result.parameters, "history": result.history,
+                             "timings": result.timings}, params.output.parameters),
+    ]
     if params.output.html:
         from dials_factored.report import render
 
-        output.write_text(render(result, shells), params.output.html)
-        logger.info("Saved the report %s", params.output.html)
+        writes.append((output.write_text, render(result, shells), params.output.html))
+    return writes
 
 
-def _phil_error(message: str) -> str:
-    """One line from a libtbx.phil error (without DIALS's "please report" preamble)."""
+def _gathered(result, world):
+    """The result of all ranks on rank 0: their reflections and diagnostics joined."""
+    import numpy as np
+
+    tables = world.gather(result.table)
+    z = world.gather(result.diagnostics["z_term1"])
+    outliers = world.gather(result.diagnostics["outliers_per_image"])
+    if world.rank != 0:
+        return result
+    for table in tables[1:]:
+        tables[0].extend(table)
+    n = max(len(c) for c in outliers)
+    result.table = tables[0]
+    result.diagnostics = {
+        "z_term1": np.concatenate(z),
+        "outliers_per_image": sum(np.pad(c, (0, n - len(c))) for c in outliers),
+    }
+    return result
+
+
+def _write_all(writes) -> bool:
+    """Write every output (each atomically); a Ctrl-C meanwhile is held until all are
+    written, so that an interrupted run leaves all outputs or none.  True if one came."""
+    pending = []
+    previous = signal.signal(signal.SIGINT, lambda *_: pending.append(True))
+    try:
+        for n, (write, data, path) in enumerate(writes):
+            try:
+                write(data, path)
+            except OSError as e:
+                done = ", ".join(str(p) for _, _, p in writes[:n]) or "nothing"
+                raise Sorry(f"could not write {path} ({e.strerror or e}); written before it: "
+                            f"{done}") from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return bool(pending)
+
+
+def _first_line(message: str) -> str:
+    """The first line of an error, without DIALS's "please report" preamble."""
     message = message.split(": ", 1)[1] if message.startswith("Please report") else message
-    return f"invalid parameter: {message.splitlines()[0]}"
+    return message.splitlines()[0] if message else "(no message)"
 
 
 def _unhandled_error(unhandled: list[str]) -> str:
     """Why arguments were not understood: a missing file, an unreadable one, or a typo."""
-    import os
-
     for arg in unhandled:
-        if "=" not in arg and not os.path.exists(arg):
+        if "=" in arg and not os.path.exists(arg):
+            continue
+        if not os.path.exists(arg):
             return f"input file {arg} does not exist"
-        if os.path.isfile(arg) and not os.access(arg, os.R_OK):
-            return f"input file {arg} is not readable"
-        if os.path.isfile(arg):
-            return (f"could not read {arg} as DIALS experiments (.expt) or reflections "
-                    "(.refl): truncated, corrupt or another format")
+        if os.path.isdir(arg):
+            return f"input {arg} is a directory, not an .expt or .refl file"
+        if not os.access(arg, os.R_OK):
+            return f"input file {arg} is not readable (permission denied)"
+        return _unreadable_file(arg)
     return f"unrecognised parameter(s): {' '.join(unhandled)} (see -c for the parameters)"
+
+
+def _unreadable_file(path: str) -> str:
+    """Why DIALS could not read an existing file: corrupt, or experiments whose images fail."""
+    from dxtbx.model.experiment_list import ExperimentListFactory
+
+    corrupt = (f"could not read {path} as DIALS experiments (.expt) or reflections (.refl): "
+               "truncated, corrupt or another format")
+    try:
+        experiments = ExperimentListFactory.from_json_file(path, check_format=False)
+    except Exception:  # json, dxtbx or msgpack errors of every kind: not experiments
+        return corrupt
+    images = [p for iset in experiments.imagesets() for p in iset.paths()]
+    if not images:
+        return corrupt
+    bad = [p for p in images if not os.access(p, os.R_OK)]
+    if bad:
+        return (f"{path} refers to {len(bad)} image file(s) that do not exist or cannot be "
+                f"read: {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}")
+    return f"the images of {path} could not be opened (unknown format or corrupt)"
 
 
 def _log_statistics(result, experiments):

@@ -1,0 +1,413 @@
+"""The benchmark on simulated data (stills or a rotation sweep), scored against the truth.
+
+One mode runs, in ``<workdir>/<mode>``:
+
+1. the simulation and indexing of the demo (:func:`dials_factored.demo.prepare`, fixed
+   seed), with the benchmark's size and detector; with ``--reuse`` a previous run's data
+   made with the same parameters are taken instead (``inputs.json`` records them);
+2. the read-and-decode floor: every image read with dxtbx (``get_raw_data``) in one
+   process and in two (:func:`read_floor`);
+3. both routes from the same indexed data and their scores
+   (:func:`dials_factored.demo.compare`, without dials.export);
+4. stills only: dials.factored_integrate on the indexed stills of the first N images
+   (``--memory-sizes``), for the growth of its peak memory with the number of images;
+5. with ``--ranks``: dials.factored_integrate under ``mpirun -n N`` (``mp.method=mpi``),
+   a no-op with a message when mpirun or mpi4py is missing;
+6. the targets of issue 5, measured (:func:`targets`), and the report.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import multiprocessing
+import os
+import shlex
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks import report as rp
+from dials_factored import demo
+from dials_factored import dials_programs as dp
+from dials_factored import evaluate as ev
+
+#: Default number of images per mode (issue 5).
+DEFAULT_IMAGES = {"stills": 300, "rotation": 90}
+#: A Pilatus 6M panel (pixels, fast × slow): the benchmark's default detector.
+PILATUS_6M = (2463, 2527)
+#: Issue 5's wall-time targets: factored_integrate ≤ this × (DIALS integrate + scale).
+SPEED_TARGET = {"stills": 0.25, "rotation": 0.5}
+#: factored_integrate within this factor of the read-and-decode floor.
+FLOOR_TARGET = 3.0
+#: Peak memory of factored_integrate on the stills set (MB = MiB, as psutil reports).
+RSS_LIMIT_MB = 2048.0
+#: Allowed relative growth of that peak memory from the smallest subset to the full set.
+RSS_GROWTH = 0.2
+
+
+@dataclass
+class Settings:
+    """What one simulated benchmark runs (from the command line)."""
+
+    mode: str
+    n_images: int
+    workdir: Path
+    nproc: int = 2
+    n_shells: int = 10
+    detector: tuple[int, int] = PILATUS_6M
+    d_min: float = 1.8
+    reuse: bool = False
+    timeout: float | None = None
+    memory_sizes: Sequence[int] = (100,)
+    ranks: Sequence[int] = ()
+    mpirun: str = "mpirun -n {ranks}"
+
+    @property
+    def simulate_args(self) -> list[str]:
+        """Phil parameters of dials.factored_simulate beyond mode, seed and n_images."""
+        return [f"d_min={self.d_min}", f"detector.size={self.detector[0]},{self.detector[1]}"]
+
+    def as_dict(self) -> dict:
+        """Plain data for JSON."""
+        return {"mode": self.mode, "n_images": self.n_images, "workdir": str(self.workdir),
+                "nproc": self.nproc, "n_shells": self.n_shells, "detector": self.detector,
+                "d_min": self.d_min, "seed": demo.SEED, "simulate_args": self.simulate_args,
+                "reuse": self.reuse, "timeout": self.timeout,
+                "memory_sizes": list(self.memory_sizes), "ranks": list(self.ranks),
+                "mpirun": self.mpirun}
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def prepare(settings: Settings) -> tuple[demo.Inputs, bool]:
+    """Simulated and indexed data (and whether they were reused from an earlier run)."""
+    cache = settings.workdir / "inputs.json"
+    key = {"mode": settings.mode, "n_images": settings.n_images, "seed": demo.SEED,
+           "simulate_args": settings.simulate_args}
+    if settings.reuse and cache.is_file():
+        saved = json.loads(cache.read_text())
+        inputs = demo.Inputs.from_dict(saved["inputs"])
+        files = [*inputs.sim.files.values(), *inputs.indexed.files.values(), *inputs.images]
+        if saved["key"] == key and all(f.exists() for f in files):
+            rp.progress(f"reusing the simulated and indexed data in {settings.workdir}")
+            return inputs, True
+        rp.progress("--reuse: no earlier data with these parameters; simulating anew")
+    cache.unlink(missing_ok=True)
+    inputs = demo.prepare(settings.workdir, settings.mode, settings.nproc, settings.n_images,
+                          settings.simulate_args, report=rp.progress)
+    cache.write_text(json.dumps({"key": key, "inputs": inputs.as_dict()}, indent=1))
+    return inputs, False
+
+
+# --------------------------------------------------------------------------- read floor
+
+
+def _read_images(job: tuple[str, list[tuple[int, int]]]) -> int:
+    """Worker: load the experiments and read+decode the listed (imageset, image) pairs."""
+    from dxtbx.model.experiment_list import ExperimentListFactory
+
+    path, images = job
+    imagesets = ExperimentListFactory.from_json_file(path, check_format=True).imagesets()
+    for i_set, i_image in images:
+        imagesets[i_set].get_raw_data(i_image)
+    return len(images)
+
+
+def read_floor(imported: Path, processes: int) -> float:
+    """Seconds to read and decode every image of ``imported`` (an .expt) with dxtbx's
+    ``get_raw_data``, split into contiguous chunks over ``processes`` forked workers.
+
+    Each worker loads the experiment list (with the format check) as any program must;
+    the images are in the page cache (they were just written and spot-found), as they are
+    for the programs timed after this.
+    """
+    from dxtbx.model.experiment_list import ExperimentListFactory
+
+    imagesets = ExperimentListFactory.from_json_file(str(imported),
+                                                     check_format=False).imagesets()
+    images = [(s, i) for s, imageset in enumerate(imagesets) for i in range(len(imageset))]
+    size = math.ceil(len(images) / processes)
+    jobs = [(str(imported), images[k:k + size]) for k in range(0, len(images), size)]
+    start = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(len(jobs)) as pool:
+        done = sum(pool.map(_read_images, jobs))
+    elapsed = time.perf_counter() - start
+    if done != len(images):
+        raise RuntimeError(f"read {done} of {len(images)} images of {imported}")
+    return elapsed
+
+
+def floor(inputs: demo.Inputs, processes: Sequence[int] = (1, 2)) -> dict:
+    """The read-and-decode floor with 1 and 2 processes, and what it read."""
+    imported = inputs.indexed.files["imported"]
+    seconds = {}
+    for n in processes:
+        seconds[str(n)] = round(read_floor(imported, n), 2)
+        rp.progress(f"    read floor, {n} process{'es' if n > 1 else ''}: {seconds[str(n)]} s")
+    return {"n_images": len(inputs.images),
+            "megabytes": round(sum(p.stat().st_size for p in inputs.images) / 2**20, 1),
+            "seconds": seconds, "best_s": min(seconds.values())}
+
+
+# --------------------------------------------------------------------------- memory growth
+
+
+def _n_experiments(expt: Path) -> int:
+    from dxtbx.model.experiment_list import ExperimentListFactory
+
+    return len(ExperimentListFactory.from_json_file(str(expt), check_format=False))
+
+
+def first_stills(indexed: dp.Stage, images: Sequence[Path], n: int, workdir: Path
+                 ) -> dp.Stage:
+    """The indexed stills (every lattice) of the first ``n`` images, written to
+    ``<workdir>/first_<n>.expt/.refl``: a stage with files ``expt``, ``refl``."""
+    from dials.array_family import flex
+    from dxtbx.model.experiment_list import ExperimentList, ExperimentListFactory
+
+    wanted = {os.path.realpath(p) for p in images[:n]}
+    experiments = ExperimentListFactory.from_json_file(str(indexed.files["expt"]),
+                                                       check_format=False)
+    keep = ExperimentList([e for e in experiments
+                           if os.path.realpath(e.imageset.get_path(0)) in wanted])
+    if not keep:
+        raise RuntimeError(f"no indexed stills among the first {n} images")
+    table = flex.reflection_table.from_file(str(indexed.files["refl"]))
+    table = table.select_on_experiment_identifiers([e.identifier for e in keep])
+    table.reset_ids()
+    stage = dp.Stage(workdir, files={"expt": workdir / f"first_{n}.expt",
+                                     "refl": workdir / f"first_{n}.refl"})
+    workdir.mkdir(parents=True, exist_ok=True)
+    keep.as_file(str(stage.files["expt"]))
+    table.as_file(str(stage.files["refl"]))
+    return stage
+
+
+def memory_growth(inputs: demo.Inputs, factored: dp.Stage, settings: Settings) -> list[dict]:
+    """dials.factored_integrate on the first N stills for each ``--memory-sizes`` N smaller
+    than the set, then the full run: images, lattices, wall time and peak RSS of each."""
+    rows = []
+    for n in sorted(n for n in settings.memory_sizes if n < len(inputs.images)):
+        wd = settings.workdir / f"factored_first_{n}"
+        shutil.rmtree(wd, ignore_errors=True)
+        subset = first_stills(inputs.indexed, inputs.images, n, wd)
+        rp.progress(f"dials.factored_integrate on the first {n} stills (peak memory growth)")
+        run = dp.run_program("dials.factored_integrate",
+                             [subset.files["expt"], subset.files["refl"],
+                              f"nproc={settings.nproc}", *inputs.factored_args], wd,
+                             expect=["factored.expt", "factored.refl"],
+                             timeout=settings.timeout)
+        rows.append({"n_images": n, "n_experiments": _n_experiments(subset.files["expt"]),
+                     **run.as_dict()})
+        rp.progress(f"    {run.wall_time:.0f} s, peak {run.peak_rss_mb:.0f} MB")
+    full = rp.program_runs(factored, ("dials.factored_integrate",))[0]
+    rows.append({"n_images": len(inputs.images),
+                 "n_experiments": _n_experiments(inputs.indexed.files["expt"]),
+                 **full.as_dict()})
+    return rows
+
+
+# --------------------------------------------------------------------------- MPI ranks
+
+
+def mpi_missing(mpirun: str) -> str | None:
+    """Why ``--ranks`` cannot run here (the launcher or mpi4py missing), else None."""
+    reasons = []
+    launcher = shlex.split(mpirun)[0]
+    if shutil.which(launcher) is None:
+        reasons.append(f"{launcher} not found")
+    if importlib.util.find_spec("mpi4py") is None:
+        reasons.append("mpi4py not importable")
+    return ", ".join(reasons) or None
+
+
+def rank_runs(inputs: demo.Inputs, settings: Settings) -> dict:
+    """dials.factored_integrate ``mp.method=mpi`` under ``mpirun -n N`` for each N of
+    ``--ranks``: wall time and peak RSS (of the whole process tree) per N.
+
+    Without mpirun or mpi4py: ``{"skipped": reason}`` and a message.  A failing run is
+    recorded (``{"error": ...}``) and reported, and the benchmark goes on.
+    """
+    if not settings.ranks:
+        return {}
+    ranks = ",".join(map(str, settings.ranks))
+    missing = mpi_missing(settings.mpirun)
+    if missing:
+        rp.progress(f"--ranks {ranks}: skipped ({missing}); the MPI runs need both")
+        return {"skipped": missing}
+    runs = {}
+    for n in settings.ranks:
+        wd = settings.workdir / f"factored_mpi_{n}"
+        shutil.rmtree(wd, ignore_errors=True)
+        launcher = settings.mpirun.format(ranks=n)
+        rp.progress(f"dials.factored_integrate mp.method=mpi under {launcher}")
+        try:
+            run = dp.run_program("dials.factored_integrate",
+                                 [inputs.indexed.files["expt"], inputs.indexed.files["refl"],
+                                  "mp.method=mpi", *inputs.factored_args], wd,
+                                 expect=["factored.expt", "factored.refl"],
+                                 timeout=settings.timeout, launcher=shlex.split(launcher))
+        except RuntimeError as e:
+            rp.progress(f"    failed: {e}")
+            runs[str(n)] = {"error": str(e)}
+            continue
+        runs[str(n)] = run.as_dict()
+        rp.progress(f"    {run.wall_time:.0f} s, peak {run.peak_rss_mb:.0f} MB")
+    return {"runs": runs}
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def _target(name: str, measured: str, value: float, met: bool) -> dict:
+    return {"target": name, "measured": measured, "value": value, "met": bool(met)}
+
+
+def targets(mode: str, comparison: demo.Comparison, read: dict, memory: list[dict]) -> list[dict]:
+    """Issue 5's targets for this mode: each with its measured value and met / not met.
+
+    Wall times are of the integrating and scaling programs (dials.merge left out on both
+    sides); the floor is the faster of the 1- and 2-process reads; CC_truth by shell is
+    compared on the reflections both routes merged.
+    """
+    routes = comparison.routes
+    dials_s, _ = rp.integrate_and_scale("dials", routes["dials"])
+    factored_s, factored_rss = rp.integrate_and_scale("factored", routes["factored"])
+    dials_names = " + ".join(r.name for r in rp.program_runs(routes["dials"],
+                                                              rp.INTEGRATE_AND_SCALE["dials"]))
+    speed, limit = rp.ratio(factored_s, dials_s), SPEED_TARGET[mode]
+    rows = [_target(f"factored wall time ≤ {limit} × ({dials_names})",
+                    f"{speed:.2f} × ({factored_s:.0f} s / {dials_s:.0f} s)", speed,
+                    speed <= limit)]
+    to_floor = rp.ratio(factored_s, read["best_s"])
+    rows.append(_target(f"factored wall time ≤ {FLOOR_TARGET:g} × read-and-decode floor",
+                        f"{to_floor:.2f} × ({factored_s:.0f} s / {read['best_s']:.1f} s)",
+                        to_floor, to_floor <= FLOOR_TARGET))
+    if mode == "stills":
+        rows.append(_target(f"factored peak RSS ≤ {RSS_LIMIT_MB:.0f} MB "
+                            f"({len(comparison.inputs.images)} stills)",
+                            f"{factored_rss:.0f} MB", factored_rss,
+                            factored_rss <= RSS_LIMIT_MB))
+        if len(memory) > 1:
+            small, full = memory[0], memory[-1]
+            growth = rp.ratio(full["peak_rss_mb"], small["peak_rss_mb"])
+            rows.append(_target(
+                f"peak RSS within {RSS_GROWTH:.0%} between {small['n_images']} and "
+                f"{full['n_images']} stills",
+                f"{growth:.2f} × ({small['peak_rss_mb']:.0f} → {full['peak_rss_mb']:.0f} MB)",
+                growth, abs(growth - 1) <= RSS_GROWTH))
+    pairs = [(f.cc, d.cc) for f, d in zip(comparison.common["factored"].shells,
+                                           comparison.common["dials"].shells)]
+    defined = [(f, d) for f, d in pairs if math.isfinite(f) and math.isfinite(d)]
+    ahead = sum(f >= d for f, d in defined)
+    undefined = (f", {len(pairs) - len(defined)} without a CC"
+                 if len(defined) < len(pairs) else "")
+    rows.append(_target("CC_truth factored ≥ DIALS in every shell (common reflections)",
+                        f"{ahead} of {len(defined)} shells{undefined}", ahead,
+                        ahead == len(defined) == len(pairs)))
+    return rows
+
+
+def targets_table(rows: list[dict]) -> str:
+    """Markdown: target, measured, met / not met."""
+    return ev.markdown_table(["target", "measured", "met"],
+                             [[r["target"], r["measured"], "met" if r["met"] else "**not met**"]
+                              for r in rows])
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _overall_rows(comparison: demo.Comparison) -> list[tuple[str, float, float, int]]:
+    own, common = comparison.scores, comparison.common
+
+    def pair(get) -> tuple[float, float]:
+        return get(own["dials"]), get(own["factored"])
+
+    return [("CC_truth overall, common reflections", common["dials"].overall.cc,
+             common["factored"].overall.cc, 3),
+            ("CC_truth overall, own reflections", *pair(lambda s: s.overall.cc), 3),
+            ("CC½ overall", *pair(lambda s: s.overall.cc_half), 3),
+            ("completeness", *pair(lambda s: s.overall.completeness), 3),
+            ("rms z", *pair(lambda s: s.z.get("rms", math.nan)), 2)]
+
+
+def report(settings: Settings, comparison: demo.Comparison, read: dict, memory: list[dict],
+           ranks: dict, goals: list[dict], reused: bool) -> str:
+    """The Markdown report of one simulated benchmark."""
+    inputs = comparison.inputs
+    kind = "stills" if settings.mode == "stills" else "× 1° rotation frames"
+    lines = [f"## Simulated {settings.mode}: {len(inputs.images)} {kind}, "
+             f"{settings.detector[0]}×{settings.detector[1]} pixels, {settings.d_min} Å, "
+             f"nproc {settings.nproc}", "", "Targets (issue 5):", "", targets_table(goals), "",
+             rp.route_summary(comparison.routes, _overall_rows(comparison)), "",
+             f"Read-and-decode floor (dxtbx get_raw_data, {read['n_images']} images, "
+             f"{read['megabytes']:.0f} MB): "
+             + ", ".join(f"{n} process{'es' if n != '1' else ''} {s:.1f} s"
+                         for n, s in read["seconds"].items()) + "."]
+    if len(memory) > 1:
+        lines.append("Peak RSS of dials.factored_integrate: " + ", ".join(
+            f"{m['n_images']} stills {m['peak_rss_mb']:.0f} MB ({m['wall_s']:.0f} s)"
+            for m in memory) + ".")
+    if "skipped" in ranks:
+        lines.append(f"MPI ranks: skipped ({ranks['skipped']}).")
+    elif ranks:
+        lines.append("MPI ranks (dials.factored_integrate mp.method=mpi): " + ", ".join(
+            f"{n}: " + (f"{r['wall_s']:.0f} s, peak {r['peak_rss_mb']:.0f} MB"
+                        if "wall_s" in r else "failed")
+            for n, r in ranks["runs"].items()) + ".")
+    lines += ["", comparison.tables(), "",
+              "CC½ and rms z by shell, each route's own reflections:",
+              ev.format_columns(comparison.scores, {"cc_half": "CC½", "z_rms": "rms z"}), "",
+              "Every step:", rp.steps_table(_steps(comparison, memory, ranks, reused))]
+    return "\n".join(lines)
+
+
+def _steps(comparison: demo.Comparison, memory: list[dict], ranks: dict,
+           reused: bool) -> list[dict]:
+    inputs = comparison.inputs
+    earlier = " (earlier run)" if reused else ""
+    rows = rp.steps({f"simulate{earlier}": inputs.sim, f"index{earlier}": inputs.indexed,
+                     **comparison.routes})
+    rows += [{"stage": f"factored, first {m['n_images']} stills", **m} for m in memory[:-1]]
+    rows += [{"stage": f"factored, {n} MPI ranks", **r}
+             for n, r in ranks.get("runs", {}).items() if "wall_s" in r]
+    return rows
+
+
+def run(settings: Settings) -> dict:
+    """One simulated benchmark; returns what is written to the results file."""
+    settings.workdir = settings.workdir.resolve()
+    settings.workdir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    environment = rp.environment()
+    inputs, reused = prepare(settings)
+    rp.progress("read-and-decode floor (dxtbx)")
+    read = floor(inputs)
+    comparison = demo.compare(inputs, settings.workdir, settings.nproc, settings.n_shells,
+                              factored_timeout=settings.timeout, export=False,
+                              report=rp.progress)
+    memory = (memory_growth(inputs, comparison.routes["factored"], settings)
+              if settings.mode == "stills" else [])
+    ranks = rank_runs(inputs, settings)
+    goals = targets(settings.mode, comparison, read, memory)
+    return {
+        "benchmark": "simulated", "mode": settings.mode, "environment": environment,
+        "settings": settings.as_dict(),
+        "data": {"n_images": len(inputs.images), "space_group": inputs.space_group,
+                 "unit_cell": inputs.unit_cell, "bandwidth": inputs.bandwidth,
+                 "reused": reused},
+        "steps": _steps(comparison, memory, ranks, reused),
+        "integrate_and_scale": rp.integrate_and_scale_dict(comparison.routes),
+        "read_floor": read, "memory_growth": memory, "ranks": ranks, "targets": goals,
+        "scores": {name: s.as_dict() for name, s in comparison.scores.items()},
+        "scores_common": {name: s.as_dict() for name, s in comparison.common.items()},
+        "ideal": comparison.ideal.as_dict(),
+        "wall_time_s": round(time.perf_counter() - start, 1),
+        "report": report(settings, comparison, read, memory, ranks, goals, reused),
+    }

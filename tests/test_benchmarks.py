@@ -1,0 +1,91 @@
+"""The benchmark harness (``python -m benchmarks.run``) at a tiny size.
+
+A smoke test that the script runs end to end and writes what it promises; it asserts no
+timing (timings live in the benchmark's results, never in a test).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, shared_data_path
+
+#: Tiny sizes: 8 stills or 6 rotation frames on a 512² panel; each test about 1-2 minutes.
+TINY = ("--stills", "8", "--rotation", "6", "--detector", "512,512", "--memory-sizes", "4",
+        "--ranks", "1,2", "--real-sets", "rotation_lcys_sweep1")
+
+
+def _bench(tmp_path: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", *args, "--workdir", str(tmp_path / "work"),
+         "--results", str(tmp_path / "results")],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def _results(tmp_path: Path, mode: str) -> dict:
+    (path,) = (tmp_path / "results").glob(f"*-{mode}.json")
+    return json.loads(path.read_text())
+
+
+def test_real_mode_without_data_is_skipped(tmp_path):
+    proc = _bench(tmp_path, "--modes", "real", "--data", str(tmp_path / "absent"), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "real data: skipped, not found at" in proc.stdout
+    assert not list((tmp_path / "results").glob("*.json"))
+
+
+def _check_simulated(tmp_path: Path, stdout: str, mode: str, n_images: int,
+                     n_targets: int) -> dict:
+    """The results file of a simulated mode holds every step, the floor, the scores by
+    shell and the targets; the printed report is the one in the file."""
+    results = _results(tmp_path, mode)
+    assert results["data"]["n_images"] == n_images
+    steps = results["steps"]
+    assert {"dials.factored_integrate", "dials.scale", "dials.merge"} <= {
+        s["program"] for s in steps}
+    assert all(s["wall_s"] > 0 and s["peak_rss_mb"] > 0 for s in steps)
+    assert set(results["read_floor"]["seconds"]) == {"1", "2"}
+    assert results["read_floor"]["n_images"] == n_images
+    for route in ("dials", "factored"):
+        score = results["scores"][route]
+        assert len(score["shells"]) == 10
+        assert score["overall"]["cc"] > 0
+        assert "cc_half" in score["overall"] and "rms" in score["z"]
+    assert len(results["ideal"]["shells"]) == 10
+    assert [t["met"] in (True, False) for t in results["targets"]] == [True] * n_targets
+    # without mpirun/mpi4py the MPI hook only says so; with them the (not yet
+    # implemented) mp.method=mpi runs are recorded, failed or not
+    assert "skipped" in results["ranks"] or set(results["ranks"]["runs"]) == {"1", "2"}
+    assert "| target | measured | met |" in stdout
+    assert results["report"] in stdout
+    return results
+
+
+@pytest.mark.slow
+def test_stills_and_real_benchmarks_at_a_tiny_size(tmp_path):
+    proc = _bench(tmp_path, "--modes", "stills", "real", *TINY, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stills = _check_simulated(tmp_path, proc.stdout, "stills", 8, 5)
+    assert [m["n_images"] for m in stills["memory_growth"]] == [4, 8]
+    assert any(t["target"].startswith("peak RSS within") for t in stills["targets"])
+
+    if (shared_data_path() / "README.md").is_file():
+        real = _results(tmp_path, "real")
+        (lcys,) = real["sets"].values()
+        assert lcys["scores"]["factored"]["overall"]["cc_half"] is not None
+        assert {s["stage"] for s in lcys["steps"]} == {"dials", "factored"}
+        assert real["report"] in proc.stdout
+    else:
+        assert "real data: skipped" in proc.stdout
+
+
+@pytest.mark.slow
+def test_rotation_benchmark_at_a_tiny_size(tmp_path):
+    proc = _bench(tmp_path, "--modes", "rotation", *TINY, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rotation = _check_simulated(tmp_path, proc.stdout, "rotation", 6, 3)
+    assert rotation["memory_growth"] == []
