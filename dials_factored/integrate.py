@@ -32,7 +32,7 @@ from dials_factored.model.partiality import (
 from dials_factored.model.scale import build_nodes
 from dials_factored.model.width import build_grid
 from dials_factored.passes import Store, Widths, cycle_pass, final_pass
-from dials_factored.pixel_store import BlockPlan, PixelStore, plan_blocks
+from dials_factored.pixel_store import BLOCK_PIXELS, BlockPlan, PixelStore, plan_blocks
 from dials_factored.residuals.shape import observed_frame_moment, observed_moments
 from dials_factored.shoeboxes import Boxes, extract, pixel_area_eps, plan_jobs
 
@@ -75,11 +75,15 @@ def _stills_share(experiments, world) -> list[int] | None:
     return [i for i, key in enumerate(keys) if key in mine]
 
 
+class AgreedError(ValueError):
+    """An error raised on every MPI rank at once (so every rank can just stop)."""
+
+
 def _agree(world, error: str | None) -> None:
     """Raise the first rank's error on every rank (no rank waits for one that failed)."""
     error = world.first_error(error)
     if error:
-        raise ValueError(error)
+        raise AgreedError(error)
 
 
 def _typical_area(experiments, strong, area: np.ndarray, world) -> float:
@@ -153,7 +157,8 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
            "no reflections are predicted on the detector for these experiments"
            + (f" (MPI rank {world.rank})" if world.size > 1 else ""))
     timings["predict"] = time.time() - t_start
-    logger.info("Predicted %d reflections on %d experiments (%s)", world.sum(len(table)),
+    logger.info("Predicted %d reflections on %d experiments (%s)",
+                world.sum(len(table)) if stills else len(table),
                 len(experiments), "stills" if stills else "rotation")
 
     ids = to_numpy(table["id"]).astype(int)
@@ -213,9 +218,14 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         v[order] for v in (ids, d, s1, xyz, panel_ids, s0, area, a, zc, zeta, osc))
     boxes = boxes.select(order)
     n_pixels = boxes.n_pixels.astype(np.int64)
-    plan = BlockPlan(first_job[order], last_job[order], plan_blocks(last_job[order], n_pixels))
+    budget = (BLOCK_PIXELS if stills
+              else min(BLOCK_PIXELS, int(n_pixels.sum()) // (2 * world.size)))
+    plan = BlockPlan(first_job[order], last_job[order],
+                     plan_blocks(last_job[order], n_pixels, max(budget, 1)))
     owned = range(plan.n_blocks)
     if not stills and world.size > 1:
+        _agree(world, None if plan.n_blocks >= world.size else
+               f"{world.size} MPI ranks for {plan.n_blocks} blocks of images: use fewer ranks")
         # a share of the blocks, and every box that can share a pixel with them
         owned_global = range(*collective.split(plan.n_blocks, world.rank, world.size))
         u0, u1, plan, owned = plan.share(owned_global)

@@ -318,14 +318,19 @@ def _integrate(params, experiments, strong, world) -> list:
     and returns the outputs, the other ranks return nothing.
     """
     from dials_factored import output
-    from dials_factored.integrate import apply_orientation_corrections, run_factored
+    from dials_factored.integrate import AgreedError, apply_orientation_corrections, run_factored
 
     start = time.time()
     try:
         result = run_factored(experiments, strong, params, progress=progress_printer(
             logger, "read") if world.rank == 0 else None)
+    except AgreedError as e:  # raised on every rank at once
+        raise Sorry(str(e)) from None
     except (ValueError, OSError) as e:  # bad data, or a full or failing disk
         logger.debug("Stopped by", exc_info=True)
+        if world.size > 1:  # on this rank only: the others must not wait for it
+            print(f"Sorry: {e} (MPI rank {world.rank})", flush=True)
+            world.comm.Abort(1)
         raise Sorry(str(e)) from None
     except Exception:  # a fault on one rank must not leave the others waiting
         if world.size > 1:
