@@ -491,6 +491,30 @@ def _expected(j_model: np.ndarray, j: np.ndarray, var_j: np.ndarray) -> np.ndarr
     return np.maximum(amplitude, 0.0)
 
 
+def add_observed_geometry(table, experiments, strong) -> None:
+    """Add ``xyzobs.mm.*`` and the ``strong``/``used_in_refinement`` flags of the input.
+
+    dials.two_theta_refine (xia2.multiplex) refines the cell from integrated reflections
+    that were strong spots used in refinement; the flags are copied from the input
+    table's rows with the same experiment and Miller index.
+    """
+    table.centroid_px_to_mm(experiments)
+    if strong is None or len(strong) == 0 or "miller_index" not in strong:
+        return
+    key = _row_keys(table)
+    for flag in (strong.flags.strong, strong.flags.used_in_refinement):
+        flagged = strong.select(strong.get_flags(flag))
+        if len(flagged):
+            hit = np.isin(key, _row_keys(flagged))
+            table.set_flags(flex.bool(hit.tolist()), flag)
+
+
+def _row_keys(table) -> np.ndarray:
+    hkl = to_numpy(table["miller_index"]) + 512
+    ids = to_numpy(table["id"]).astype(np.int64)
+    return ((ids * 1024 + hkl[:, 0]) * 1024 + hkl[:, 1]) * 1024 + hkl[:, 2]
+
+
 def apply_orientation_corrections(experiments, parameters) -> int:
     """Rotate each still's crystal by its fitted correction (A → R(ω)·A); returns how many.
 

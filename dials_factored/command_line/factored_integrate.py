@@ -318,7 +318,12 @@ def _integrate(params, experiments, strong, world) -> list:
     and returns the outputs, the other ranks return nothing.
     """
     from dials_factored import output
-    from dials_factored.integrate import AgreedError, apply_orientation_corrections, run_factored
+    from dials_factored.integrate import (
+        AgreedError,
+        add_observed_geometry,
+        apply_orientation_corrections,
+        run_factored,
+    )
 
     start = time.time()
     try:
@@ -343,6 +348,7 @@ def _integrate(params, experiments, strong, world) -> list:
         result = _gathered(result, world)
         if world.rank != 0:
             return []
+    add_observed_geometry(result.table, experiments, strong)
     if len(result.table) == 0:
         raise Sorry("no reflection could be integrated: no predicted reflection has usable "
                     "pixels (all masked, outside the trusted range or overloaded); nothing "
