@@ -14,10 +14,12 @@ construction, which is the point of the factorisation (seed §5).
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.sparse import coo_matrix
+from scipy.sparse import coo_matrix, csr_matrix, identity
+from scipy.sparse.linalg import MatrixRankWarning, spsolve
 from scitbx.array_family import flex
 from scitbx.lstbx import normal_eqns, normal_eqns_solving
 
@@ -27,6 +29,9 @@ from dials_factored.reference import merged
 from dials_factored.residuals.shape import binned_frame_moment, truncation
 
 logger = logging.getLogger(f"dials.{__name__}")
+#: LM stops when a step lowers the objective by less than this fraction: the outer
+#: cycles (new weights, R1 and I_ref) move the optimum by more than that anyway.
+RELATIVE_DECREASE = 1e-6
 
 
 @dataclass
@@ -339,6 +344,7 @@ class NormalEquations(normal_eqns.non_linear_ls_mixin):
         self._normal = None
         self._rhs = None
         self._step = None
+        self.best = None  # (objective, x) of the best point evaluated
 
     def parameter_vector_norm(self):
         return float(np.linalg.norm(self.x))
@@ -346,6 +352,8 @@ class NormalEquations(normal_eqns.non_linear_ls_mixin):
     def build_up(self, objective_only=False):
         r, jac = self.target.evaluate(self.x, need_jacobian=not objective_only)
         self._objective = world().sum(0.5 * float(r @ r))
+        if self.best is None or self._objective < self.best[0]:
+            self.best = (self._objective, self.x.copy())
         if objective_only:
             return
         self._normal, self._rhs = normal_equations(r, jac, len(self.x))
@@ -354,19 +362,21 @@ class NormalEquations(normal_eqns.non_linear_ls_mixin):
         return self._objective
 
     def get_normal_matrix_diagonal(self):
-        return flex.double(np.diag(self._normal).copy())
+        return flex.double(self._normal.diagonal().copy())
 
     def add_constant_to_diagonal(self, mu):
-        self._normal[np.diag_indices_from(self._normal)] += mu
+        self._normal = self._normal + mu * identity(self._normal.shape[0], format="csr")
 
     def opposite_of_gradient(self):
         return flex.double(self._rhs)
 
     def solve(self):
-        try:
-            self._step = np.linalg.solve(self._normal, self._rhs)
-        except np.linalg.LinAlgError:
-            self._step = np.linalg.lstsq(self._normal, self._rhs, rcond=None)[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MatrixRankWarning)
+            step = spsolve(self._normal.tocsc(), self._rhs)
+        if not np.all(np.isfinite(step)):  # singular: least squares
+            step = np.linalg.lstsq(self._normal.toarray(), self._rhs, rcond=None)[0]
+        self._step = step
 
     def step(self):
         return flex.double(self._step)
@@ -380,17 +390,26 @@ class NormalEquations(normal_eqns.non_linear_ls_mixin):
 
 
 def normal_equations(r: np.ndarray, jac, n_parameters: int):
-    """JᵀJ (dense) and −Jᵀr summed over the residuals of all ranks."""
+    """JᵀJ (sparse) and −Jᵀr summed over the residuals of all ranks.
+
+    Per-image parameters couple only to their own image's reflections and to the
+    global ones (and, through the gauge priors, to the mean), so JᵀJ is sparse and
+    is solved as such.
+    """
     jm = coo_matrix((jac[2], (jac[0], jac[1])), shape=(len(r), n_parameters)).tocsr()
-    return world().sum((jm.T @ jm).toarray()), world().sum(-(jm.T @ r))
+    normal = (jm.T @ jm).tocsr()
+    if world().size > 1:
+        normal = csr_matrix(world().sum(normal.toarray()))
+    return normal, world().sum(-(jm.T @ r))
 
 
 def minimise(target: FactoredTarget, x0: np.ndarray, max_iterations: int = 30,
-             relative_step: float = 1e-6):
+             relative_step: float = 1e-6, relative_decrease: float | None = RELATIVE_DECREASE):
     """Run scitbx Levenberg–Marquardt; returns (x, objective, iterations, covariance-ish).
 
-    Stops after ``max_iterations``, or when a step is shorter than ``relative_step``
-    times the length of the parameter vector.  The last value is the inverse of the
+    Stops after ``max_iterations``, when a step is shorter than ``relative_step``
+    times the length of the parameter vector, or when a step lowers the objective by
+    less than ``relative_decrease`` of it.  The last value is the inverse of the
     final normal matrix (the parameter covariance for residuals with unit
     variance), or None if singular.
     """
@@ -398,14 +417,14 @@ def minimise(target: FactoredTarget, x0: np.ndarray, max_iterations: int = 30,
     start = world().sum(0.5 * float(np.sum(target.evaluate(problem.x, False)[0] ** 2)))
     it = normal_eqns_solving.levenberg_marquardt_iterations_encapsulated_eqns(
         problem, n_max_iterations=max_iterations, gradient_threshold=1e-10,
-        step_threshold=relative_step)
-    x = problem.x
+        step_threshold=relative_step, objective_decrease_threshold=relative_decrease)
+    x = problem.best[1]  # scitbx stops on a small decrease even if that step was rejected
     r, jac = target.evaluate(x, need_jacobian=True)
     end = world().sum(0.5 * float(np.sum(r ** 2)))
     logger.info("  Levenberg-Marquardt: %d iterations, objective %.6g -> %.6g",
                 it.n_iterations, start, end)
     try:
-        cov = np.linalg.inv(normal_equations(r, jac, len(x))[0])
+        cov = np.linalg.inv(normal_equations(r, jac, len(x))[0].toarray())
     except np.linalg.LinAlgError:
         cov = None
     return x, end, it.n_iterations, cov
