@@ -411,6 +411,11 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
             step["cycle"], objective, n_iter, step["n_term1"], step["n_term2"], n_new,
             step["max_shift_log_g"], step["max_shift_b"],
             "R0" if stills else "mosaicity (rad)", step["r0"], step["seconds"])
+        tolerance = params.refinement.shift_tolerance
+        if (cycle >= 1 and step["max_shift_log_g"] < tolerance
+                and step["max_shift_b"] < 25 * tolerance):
+            logger.info("Converged: shifts below refinement.shift_tolerance = %g", tolerance)
+            break
 
     # Final statistics with the fitted model
     final = final_pass(store, _widths(x, layout, grid, area, params, rotation), j_expected, xyz,

@@ -160,7 +160,12 @@ outliers {
 refinement {
   n_cycles = 4
     .type = int(value_min=1)
-    .help = "Outer cycles (new R1, weights and I_ref each cycle)."
+    .help = "Most outer cycles (new R1, weights and I_ref each cycle)."
+  shift_tolerance = 0.002
+    .type = float(value_min=0)
+    .help = "Stop the outer cycles (after the second) when no log G moved by more than"
+            "this and no B by more than 25 times this (Å²); 0: always n_cycles."
+    .expert_level = 1
   max_iterations = 30
     .type = int(value_min=1)
     .help = "Levenberg-Marquardt iterations per cycle."
