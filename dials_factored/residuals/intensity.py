@@ -91,8 +91,8 @@ def _hot_positions(pix, usable, bg, threshold: float) -> np.ndarray:
     """Pixels whose x, y is above the background by ``threshold`` σ on every frame of a
     box of three or more frames."""
     o = pix.owner
-    if len(o) == 0:
-        return np.zeros(0, bool)
+    if not pix.frame.any():  # stills (or one frame): no box spans three frames
+        return np.zeros(len(o), bool)
     first = np.minimum.reduceat(pix.frame, pix.start[:-1])
     last = np.maximum.reduceat(pix.frame, pix.start[:-1])
     n_frames = last - first + 1
