@@ -22,7 +22,7 @@ carries its frame number.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -132,24 +132,30 @@ def _row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def tangential_offsets(panel, s1: np.ndarray, s0: np.ndarray, xr: np.ndarray, yr: np.ndarray,
                        k: np.ndarray, dx: np.ndarray, dy: np.ndarray):
-    """ε1, ε2 (Å⁻¹) of pixels at (xr + dx, yr + dy) of spots with diffracted beams ``s1``.
+    """ε1, ε2 (Å⁻¹, float32) of pixels at (xr + dx, yr + dy) of spots with beams ``s1``.
 
     Per spot (arrays s1, xr, yr), the lab position of a pixel is affine in the pixel
     offset, L = L0 + Lx·dx + Ly·dy (exact for a flat panel; the parallax correction
     is linearised over one box); with f1, f2 ⟂ ŝ1 (``spot_frames``),
-    ε_i = |s0|·(L·f_i)/|L|.  ``k`` maps each pixel to its spot.
+    ε_i = |s0|·(L·f_i)/|L|.  ``k`` maps each pixel to its spot.  The per-spot
+    coefficients are float64, the per-pixel arithmetic float32 (the precision ε is
+    stored with).
     """
     l0 = pixel_lab(panel, xr, yr)
     lx = pixel_lab(panel, xr + 1.0, yr) - l0
     ly = pixel_lab(panel, xr, yr + 1.0) - l0
     _, f1, f2 = spot_frames(s1, s0)
     dot = _row_dot
-    q = [dot(l0, l0)[k], 2 * dot(l0, lx)[k], 2 * dot(l0, ly)[k], dot(lx, lx)[k],
-         2 * dot(lx, ly)[k], dot(ly, ly)[k]]
-    scale = np.linalg.norm(s0) / np.sqrt(q[0] + dx * (q[1] + dx * q[3] + dy * q[4])
-                                         + dy * (q[2] + dy * q[5]))
-    return tuple((dot(l0, f)[k] + dot(lx, f)[k] * dx + dot(ly, f)[k] * dy) * scale
-                 for f in (f1, f2))
+    coefficients = np.column_stack([
+        dot(l0, l0), 2 * dot(l0, lx), 2 * dot(l0, ly), dot(lx, lx), 2 * dot(lx, ly),
+        dot(ly, ly), dot(l0, f1), dot(lx, f1), dot(ly, f1), dot(l0, f2), dot(lx, f2),
+        dot(ly, f2)]).astype(np.float32)
+    c = coefficients[k].T
+    dx = dx.astype(np.float32)
+    dy = dy.astype(np.float32)
+    scale = np.float32(np.linalg.norm(s0)) / np.sqrt(
+        c[0] + dx * (c[1] + dx * c[3] + dy * c[4]) + dy * (c[2] + dy * c[5]))
+    return ((c[6] + c[7] * dx + c[8] * dy) * scale, (c[9] + c[10] * dx + c[11] * dy) * scale)
 
 
 def pixel_area_eps(panel, xyz_px: np.ndarray, s0_len: np.ndarray) -> np.ndarray:
@@ -331,6 +337,32 @@ class _ImageCutter:
     start: np.ndarray
     gain: float
     jobs: list
+    masks: dict = field(default_factory=dict)  # static masks by format and detector
+
+    def static_mask(self, imageset, index: int) -> list:
+        """Per panel, the pixels the detector's format and an external mask allow (None:
+        all), as ``imageset.get_mask`` gives them without its trusted-range part, which
+        is applied to the box pixels only.  ``get_mask`` decodes the image a second time,
+        so the static part is computed once per format and detector and kept; a dynamic
+        (shadow) mask is taken from ``get_mask`` image by image.
+        """
+        if imageset.has_dynamic_mask():
+            return [m.as_numpy_array() for m in imageset.get_mask(index)]
+        detector = imageset.get_detector()
+        key = (imageset.get_format_class().__name__, imageset.external_lookup.mask.filename,
+               tuple(p.get_image_size() for p in detector))
+        if key not in self.masks:
+            fmt = imageset.get_format_class().get_instance(imageset.get_path(index))
+            panels = [None] * len(detector)
+            static = fmt.get_static_mask()
+            if static is not None:
+                panels = [m.as_numpy_array() for m in static]
+            external = imageset.external_lookup.mask.data
+            if not external.empty():
+                panels = [e if p is None else p & e for p, e in zip(panels, (
+                    external.tile(i).data().as_numpy_array() for i in range(len(detector))))]
+            self.masks[key] = panels
+        return self.masks[key]
 
     def __call__(self, job_index: int) -> list:
         """(destination, counts, usable, overloaded, ε1, ε2, site) per panel of an image.
@@ -342,7 +374,7 @@ class _ImageCutter:
         boxes = self.boxes
         try:
             data = imageset.get_raw_data(index)
-            mask = imageset.get_mask(index)
+            static = self.static_mask(imageset, index)
         except Exception as e:  # dxtbx raises RuntimeError, OSError, … on a bad file
             raise ValueError(f"image {imageset.get_path(index)} could not be read "
                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
@@ -357,7 +389,6 @@ class _ImageCutter:
             if len(sel) == 0:
                 continue
             image = data[pid].as_numpy_array()
-            pmask = mask[pid].as_numpy_array()
             k, x, y, local = _box_pixels(boxes, sel, frame_number - boxes.z0[sel])
             ref = sel[k]
             ny, nx = image.shape
@@ -368,7 +399,11 @@ class _ImageCutter:
             xi, yi = np.clip(x, 0, nx - 1), np.clip(y, 0, ny - 1)
             value = image[yi, xi].astype(np.float32)
             finite = inside & np.isfinite(value)
-            is_over = finite & (value >= panel.get_trusted_range()[1])
+            low, high = panel.get_trusted_range()
+            is_over = finite & (value >= high)
+            trusted = value > low
+            if static[pid] is not None:
+                trusted &= static[pid][yi, xi]
             s0 = np.asarray(self.experiments[int(self.ids[sel[0]])].beam.get_s0(), dtype=float)
             xr = (boxes.x0[sel] + boxes.x1[sel]) // 2
             yr = (boxes.y0[sel] + boxes.y1[sel]) // 2
@@ -377,7 +412,7 @@ class _ImageCutter:
             pieces.append((
                 self.start[ref] + local,
                 np.where(finite, value / self.gain, 0).astype(np.float32),
-                finite & pmask[yi, xi] & ~is_over,
+                finite & trusted & ~is_over,
                 is_over,
                 e1.astype(np.float32),
                 e2.astype(np.float32),
