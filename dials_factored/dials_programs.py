@@ -133,7 +133,12 @@ def program_path(name: str) -> str:
 
 
 def _tree_rss(proc: psutil.Process) -> int:
-    """Resident memory (bytes) of a process and all its descendants; 0 once gone."""
+    """Memory (bytes) of a process and all its descendants; 0 once gone.
+
+    Each process counts its proportional set size (PSS: pages it shares with others,
+    such as the parent's pages in forked workers, divided among them), so that forked
+    workers do not count their parent's memory again; plain RSS where PSS is unknown.
+    """
     total = 0
     try:
         members = [proc, *proc.children(recursive=True)]
@@ -141,7 +146,8 @@ def _tree_rss(proc: psutil.Process) -> int:
         return 0
     for p in members:
         try:
-            total += p.memory_info().rss
+            info = p.memory_full_info()
+            total += getattr(info, "pss", info.rss)
         except psutil.Error:
             pass
     return total

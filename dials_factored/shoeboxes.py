@@ -374,6 +374,7 @@ class _ImageCutter:
         boxes = self.boxes
         try:
             data = imageset.get_raw_data(index)
+            imageset.clear_cache()  # each still has its own image set, each keeping its image
             static = self.static_mask(imageset, index)
         except Exception as e:  # dxtbx raises RuntimeError, OSError, … on a bad file
             raise ValueError(f"image {imageset.get_path(index)} could not be read "
