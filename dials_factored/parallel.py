@@ -34,7 +34,8 @@ def ordered_map(task: Callable[[int], object], n_tasks: int, nproc: int) -> Iter
     try:
         context = multiprocessing.get_context("fork")
         with context.Pool(min(nproc, n_tasks), _ignore_interrupt) as pool:
-            chunk = max(1, n_tasks // (8 * nproc))
-            yield from pool.imap(_run_in_worker, range(n_tasks), chunksize=chunk)
+            # one task at a time: a task (an image, a block) is heavy, and a worker holds
+            # the results of its whole chunk until the chunk is done
+            yield from pool.imap(_run_in_worker, range(n_tasks), chunksize=1)
     finally:
         _TASK = None
