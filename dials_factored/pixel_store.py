@@ -121,12 +121,12 @@ class PixelStore:
         return np.fromfile(self._path(name), dtype=dtype, count=p1 - p0,
                            offset=p0 * dtype.itemsize)
 
-    def neighbourhood(self, b: int, h0: int, h1: int, r0: int, r1: int,
-                      candidates: np.ndarray):
+    def neighbourhood(self, b: int, h0: int, h1: int, r0: int, r1: int, candidates):
         """Which reflections of h0 … h1 − 1 share a pixel with block ``b`` (r0 … r1 − 1),
         and compact ids of the physical pixels of those reflections.
 
-        ``candidates`` masks the reflections that share an image with the block.
+        ``candidates()`` masks the reflections of h0 … h1 − 1 that may share one (same
+        images, nearby boxes); only their pixels are compared with the block's.
         Computed on first use and kept on disk, not in memory.
         """
         paths = [os.path.join(self.directory, f"{name}-{b}.bin") for name in ("keep", "sites")]
@@ -138,8 +138,11 @@ class PixelStore:
         keep = np.zeros(h1 - h0, bool)
         keep[r0 - h0:r1 - h0] = True
         if h1 - h0 > r1 - r0:
+            others = candidates() & ~keep
+            compare = np.repeat(others, npix)
             p0, p1 = int(self.start[r0] - self.start[h0]), int(self.start[r1] - self.start[h0])
-            shares = np.isin(site, site[p0:p1]) & np.repeat(candidates, npix)
+            shares = np.zeros(len(site), bool)
+            shares[compare] = np.isin(site[compare], site[p0:p1])
             keep |= np.add.reduceat(shares, np.cumsum(npix) - npix) > 0
             site = site[np.repeat(keep, npix)]
         ids = np.unique(site, return_inverse=True)[1].astype(np.int32)

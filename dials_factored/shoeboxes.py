@@ -63,6 +63,21 @@ class Boxes:
         return Boxes(*(a[index] for a in (self.panel, self.x0, self.x1, self.y0, self.y1,
                                           self.z0, self.z1)))
 
+    def cells(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(box, key) pairs: the detector cells of ``size`` px on each frame that each box
+        touches; key = (panel, cell row, cell column, frame) as one integer."""
+        cx0, cx1 = np.maximum(self.x0, 0) // size, np.maximum(self.x1 - 1, 0) // size
+        cy0, cy1 = np.maximum(self.y0, 0) // size, np.maximum(self.y1 - 1, 0) // size
+        nx, ny, nz = cx1 - cx0 + 1, cy1 - cy0 + 1, np.maximum(self.z1 - self.z0, 1)
+        per_box = nx * ny * nz
+        box = np.repeat(np.arange(len(nx)), per_box)
+        k = np.arange(len(box)) - np.repeat(np.cumsum(per_box) - per_box, per_box)
+        cx = cx0[box] + k % nx[box]
+        cy = cy0[box] + (k // nx[box]) % ny[box]
+        z = self.z0[box] + k // (nx * ny)[box]
+        key = ((self.panel[box].astype(np.int64) * 4096 + cy) * 4096 + cx) * 65536
+        return box, key + np.clip(z + 32768, 0, 65535)
+
     def as_bbox(self):
         return flex.int6(*(flex.int(a.astype(int)) for a in (
             self.x0, self.x1, self.y0, self.y1, self.z0, self.z1)))
@@ -296,6 +311,15 @@ class _OpenBlocks:
             self.closed += 1
 
 
+def near(core: Boxes, others: Boxes, size: int = 16) -> np.ndarray:
+    """Mask of ``others`` whose box touches a cell of ``size`` × ``size`` px on a frame
+    where a ``core`` box touches it: every box that can share a pixel with a core box."""
+    _, core_keys = core.cells(size)
+    box, keys = others.cells(size)
+    hit = np.isin(keys, np.unique(core_keys))
+    return np.bincount(box, weights=hit, minlength=len(others.x0)) > 0
+
+
 def read_block(store: PixelStore, plan: BlockPlan, boxes: Boxes, b: int):
     """The pixels of block ``b`` and of the boxes that share a pixel with its boxes.
 
@@ -303,9 +327,10 @@ def read_block(store: PixelStore, plan: BlockPlan, boxes: Boxes, b: int):
     reflection in the Pixels, ``own`` marks the block's own (a contiguous run).
     ``Pixels.site`` holds compact ids of the physical pixels within the Pixels.
     """
-    h0, h1, candidates = plan.halo(b)
+    h0, h1, same_images = plan.halo(b)
     r0, r1 = plan.core(b)
-    keep, sites = store.neighbourhood(b, h0, h1, r0, r1, candidates)
+    keep, sites = store.neighbourhood(b, h0, h1, r0, r1, lambda: same_images & near(
+        boxes.select(slice(r0, r1)), boxes.select(slice(h0, h1))))
     start = store.start[h0:h1 + 1] - store.start[h0]
     npix = np.diff(start)
     kept = None if keep.all() else np.repeat(keep, npix)
