@@ -109,6 +109,12 @@ class FakeImages:
     def get_mask(self, index):
         return (flex.bool(self.mask),)
 
+    def has_dynamic_mask(self):  # a mask of its own for every image: taken from get_mask
+        return True
+
+    def clear_cache(self):
+        pass
+
     def get_detector(self):
         return self.detector
 
