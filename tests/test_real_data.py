@@ -49,7 +49,7 @@ def test_thermolysin_stills_end_to_end(shared_data, tmp_path):
                          ).common_sets(ref)
     assert a.size() > 300
     cc = _pearson(a.data().as_numpy_array(), t.data().as_numpy_array())
-    assert cc > 0.6, f"CC to |Fcalc|² {cc:.3f}"  # measured 0.700 (DIALS route: 0.219)
+    assert cc > 0.6, f"CC to |Fcalc|² {cc:.3f}"  # measured 0.702 (DIALS route: 0.219)
 
 
 @pytest.mark.slow
