@@ -336,7 +336,8 @@ class NormalEquations(normal_eqns.non_linear_ls_mixin):
     the rows one by one to a scitbx sparse matrix.
     """
 
-    def __init__(self, target: FactoredTarget, x0: np.ndarray):
+    def __init__(self, target: FactoredTarget, x0: np.ndarray,
+                 relative_decrease: float | None = None):
         self.target = target
         self.x = np.asarray(x0, dtype=float).copy()
         self.old_x = None
@@ -345,18 +346,12 @@ class NormalEquations(normal_eqns.non_linear_ls_mixin):
         self._rhs = None
         self._step = None
         self.best = None  # (objective, x) of the best point evaluated
+        self.relative_decrease = relative_decrease
+        self._before = None  # objective before the last step taken
+        self._gain = None  # relative decrease of the last accepted step
 
     def parameter_vector_norm(self):
         return float(np.linalg.norm(self.x))
-
-    def build_up(self, objective_only=False):
-        r, jac = self.target.evaluate(self.x, need_jacobian=not objective_only)
-        self._objective = world().sum(0.5 * float(r @ r))
-        if self.best is None or self._objective < self.best[0]:
-            self.best = (self._objective, self.x.copy())
-        if objective_only:
-            return
-        self._normal, self._rhs = normal_equations(r, jac, len(self.x))
 
     def objective(self):
         return self._objective
@@ -371,6 +366,12 @@ class NormalEquations(normal_eqns.non_linear_ls_mixin):
         return flex.double(self._rhs)
 
     def solve(self):
+        if (self.relative_decrease is not None and self._gain is not None
+                and self._gain < self.relative_decrease):
+            # the last accepted step gained too little: a zero step ends scitbx's loop
+            # (its own objective_decrease_threshold also ends it on a *rejected* step)
+            self._step = np.zeros(len(self.x))
+            return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MatrixRankWarning)
             step = spsolve(self._normal.tocsc(), self._rhs)
@@ -384,9 +385,23 @@ class NormalEquations(normal_eqns.non_linear_ls_mixin):
     def step_forward(self):
         self.old_x = self.x.copy()
         self.x = self.x + self._step
+        self._before = self._objective
 
     def step_backward(self):
         self.x = self.old_x
+        self._before = None
+
+    def build_up(self, objective_only=False):
+        r, jac = self.target.evaluate(self.x, need_jacobian=not objective_only)
+        self._objective = world().sum(0.5 * float(r @ r))
+        if self.best is None or self._objective < self.best[0]:
+            self.best = (self._objective, self.x.copy())
+        if objective_only:
+            return
+        if self._before is not None:  # the step just taken was kept
+            self._gain = (self._before - self._objective) / max(abs(self._before), 1e-300)
+            self._before = None
+        self._normal, self._rhs = normal_equations(r, jac, len(self.x))
 
 
 def normal_equations(r: np.ndarray, jac, n_parameters: int):
@@ -413,12 +428,12 @@ def minimise(target: FactoredTarget, x0: np.ndarray, max_iterations: int = 30,
     final normal matrix (the parameter covariance for residuals with unit
     variance), or None if singular.
     """
-    problem = NormalEquations(target, x0)
+    problem = NormalEquations(target, x0, relative_decrease)
     start = world().sum(0.5 * float(np.sum(target.evaluate(problem.x, False)[0] ** 2)))
     it = normal_eqns_solving.levenberg_marquardt_iterations_encapsulated_eqns(
         problem, n_max_iterations=max_iterations, gradient_threshold=1e-10,
-        step_threshold=relative_step, objective_decrease_threshold=relative_decrease)
-    x = problem.best[1]  # scitbx stops on a small decrease even if that step was rejected
+        step_threshold=relative_step)
+    x = problem.best[1]
     r, jac = target.evaluate(x, need_jacobian=True)
     end = world().sum(0.5 * float(np.sum(r ** 2)))
     logger.info("  Levenberg-Marquardt: %d iterations, objective %.6g -> %.6g",

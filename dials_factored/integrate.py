@@ -412,7 +412,9 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
             step["max_shift_log_g"], step["max_shift_b"],
             "R0" if stills else "mosaicity (rad)", step["r0"], step["seconds"])
         tolerance = params.refinement.shift_tolerance
-        if (cycle >= 1 and step["max_shift_log_g"] < tolerance
+        # a cycle whose LM took no step (its first, damped step was too short) says
+        # nothing about convergence: the next cycle's weights may move the optimum
+        if (cycle >= 1 and n_iter > 0 and step["max_shift_log_g"] < tolerance
                 and step["max_shift_b"] < 25 * tolerance):
             logger.info("Converged: shifts below refinement.shift_tolerance = %g", tolerance)
             break
