@@ -335,6 +335,14 @@ def _integrate(params, experiments, strong, world) -> list:
         result = run_factored(experiments, strong, params, progress=progress_printer(
             logger, "read") if world.rank == 0 else None)
     except AgreedError as e:  # raised on every rank at once
+        if world.size > 1:
+            # every rank says it, one after the other (lines of ranks writing at once get
+            # mixed), before any exits (mpirun stops the others at the first exit)
+            for rank in range(world.size):
+                if rank == world.rank:
+                    print(f"Sorry: {e}", flush=True)
+                world.comm.Barrier()
+            sys.exit(1)
         raise Sorry(str(e)) from None
     except (ValueError, OSError) as e:  # bad data, or a full or failing disk
         logger.debug("Stopped by", exc_info=True)
