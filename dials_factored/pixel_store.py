@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -59,6 +60,11 @@ class BlockPlan:
     last_job: np.ndarray
     bounds: np.ndarray
 
+    @cached_property
+    def span(self) -> int:
+        """The most images one reflection needs, less one."""
+        return int(np.max(self.last_job - self.first_job)) if len(self.last_job) else 0
+
     @property
     def n_blocks(self) -> int:
         return len(self.bounds) - 1
@@ -70,11 +76,10 @@ class BlockPlan:
         """Reflections sharing an image with block ``b``: a range containing the block, and
         the mask of the range's reflections that do share one."""
         r0, r1 = self.core(b)
-        span = int(np.max(self.last_job - self.first_job)) if len(self.last_job) else 0
         lo = int(self.first_job[r0:r1].min())
         hi = int(self.last_job[r0:r1].max())
         h0 = min(r0, int(np.searchsorted(self.last_job, lo, "left")))
-        h1 = max(r1, int(np.searchsorted(self.last_job, hi + span, "right")))
+        h1 = max(r1, int(np.searchsorted(self.last_job, hi + self.span, "right")))
         return h0, h1, (self.last_job[h0:h1] >= lo) & (self.first_job[h0:h1] <= hi)
 
 
