@@ -19,8 +19,39 @@ from dials_factored.arrays import to_numpy
 REQUIRED_COLUMNS = {"id": flex.int, "miller_index": flex.miller_index}
 
 
-def check_experiments(experiments) -> None:
+#: Parameters that divide or enter a logarithm, so must be > 0 (None: not given), and why.
+POSITIVE_PARAMETERS = {
+    "detector.gain": "pixel values are divided by it",
+    "partiality.r0": "R0 is fitted on a log scale",
+    "partiality.mosaic": "η is fitted on a log scale",
+    "partiality.log_r0_prior_sigma": "the prior divides by its σ",
+    "partiality.log_mosaic_prior_sigma": "the prior divides by its σ",
+    "profile.r1": "R1 is fitted on a log scale",
+    "profile.mosaicity": "the mosaicity is fitted on a log scale",
+    "profile.smoothness": "the prior divides by its σ",
+    "scale.b_prior_sigma": "the prior divides by its σ",
+    "scale.smoothness.log_g": "the prior divides by its σ",
+    "scale.smoothness.b": "the prior divides by its σ",
+    "refinement.orientation_prior_sigma": "the prior divides by its σ",
+}
+
+
+def check_parameters(params) -> None:
+    """Every parameter of ``POSITIVE_PARAMETERS`` that is given must be > 0."""
+    for path, reason in POSITIVE_PARAMETERS.items():
+        value = params
+        for name in path.split("."):
+            value = getattr(value, name)
+        if value is not None and not value > 0:
+            raise Sorry(f"{path}={value:g} must be positive ({reason})")
+
+
+def check_experiments(experiments, files=()) -> None:
+    """``files``: the .expt files given (named when they hold no experiment)."""
     if len(experiments) == 0:
+        if files:
+            raise Sorry(f"the experiment list {', '.join(files)} holds no experiments: pass "
+                        "an indexed or refined .expt file")
         raise Sorry("no experiments were given: pass an indexed or refined .expt file")
     for i, expt in enumerate(experiments):
         if expt.crystal is None:

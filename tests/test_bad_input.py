@@ -455,3 +455,45 @@ def test_a_failed_write_says_what_was_written(tmp_path):
                        r"written before it: .*a.txt$"):
         _write_all([(write, "x", p) for p in paths])
     assert not paths[2].exists()
+
+
+# --- parameters that divide, and empty experiment lists (issue 18, item 9) ------------
+
+
+@pytest.mark.parametrize("arg, words", [
+    ("detector.gain=0", ["detector.gain=0", "must be positive", "divided"]),
+    ("partiality.mosaic=0", ["partiality.mosaic=0", "must be positive"]),
+    ("partiality.r0=0", ["partiality.r0=0", "must be positive"]),
+    ("profile.r1=0", ["profile.r1=0", "must be positive"]),
+    ("partiality.log_r0_prior_sigma=0", ["log_r0_prior_sigma=0", "prior"]),
+    ("partiality.log_mosaic_prior_sigma=0", ["log_mosaic_prior_sigma=0", "prior"]),
+    ("scale.b_prior_sigma=0", ["scale.b_prior_sigma=0", "prior"]),
+    ("scale.smoothness.log_g=0", ["scale.smoothness.log_g=0", "prior"]),
+    ("scale.smoothness.b=0", ["scale.smoothness.b=0", "prior"]),
+    ("profile.smoothness=0", ["profile.smoothness=0", "prior"]),
+    ("refinement.orientation_prior_sigma=0", ["orientation_prior_sigma=0", "prior"]),
+    ("detector.gain=-2", ["invalid parameter", "detector.gain"]),
+])
+def test_zero_parameter_that_divides(data, arg, words):
+    """Each of these ran a whole integration before (or failed deep inside it)."""
+    check_bad_input(data, [data.expt, data.refl, arg], *words)
+
+
+def test_experiment_list_without_experiments(data):
+    """An .expt holding an empty list exited 0 with the help text before."""
+    from dxtbx.model.experiment_list import ExperimentList
+
+    empty = data.root / "empty.expt"
+    ExperimentList().as_file(str(empty))
+    check_bad_input(data, [empty, data.refl], "empty.expt", "holds no experiments")
+    check_bad_input(data, [empty], "empty.expt", "holds no experiments")
+
+
+def test_reflections_without_experiments(data):
+    check_bad_input(data, [data.refl], "no experiments were given")
+
+
+def test_no_arguments_prints_the_help(tmp_path):
+    proc = integrate([], tmp_path)
+    assert proc.returncode == 0 and "usage: dials.factored_integrate" in proc.stdout
+    assert os.listdir(tmp_path) == []

@@ -231,7 +231,7 @@ def run(args: list[str] | None = None, phil=phil_scope) -> None:
     )
     try:
         params, options, experiments, strong = _parse(parser, args)
-        if len(experiments) == 0:
+        if not (params.input.experiments or params.input.reflections):
             parser.print_help()
             return
         world = _world(params)
@@ -288,7 +288,8 @@ def _validate(params, experiments, strong) -> None:
     from dials_factored import inputs, reference
     from dials_factored.merging import symmetry_of
 
-    inputs.check_experiments(experiments)
+    inputs.check_parameters(params)
+    inputs.check_experiments(experiments, [i.filename for i in params.input.experiments])
     inputs.check_reflections(strong, experiments)
     out = params.output
     inputs.check_outputs([out.experiments, out.reflections, out.parameters, out.log, out.html],
