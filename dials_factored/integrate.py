@@ -436,12 +436,12 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
     j_sum, var_sum, n_fg = final["j_sum"], final["var_sum"], final["n_fg"]
     gb = _scale(x, layout, nodes, inv_4d2, np.zeros_like(eps), rbw_sq, stills)
     p = _partiality(x, layout, eps_final, inv_4d2, rbw_sq) if stills else recorded
-    isf = gb * (p if stills else 1.0)
-    var_isf = _isf_variance(cov, layout, nodes, inv_4d2, isf)
+    var_isf = _isf_variance(cov, layout, nodes, inv_4d2, gb)
 
     over, centroid = final["overloaded"], final["centroid"]
-    out = _output_table(table, j, var_j, j_sum, var_sum, bg, n_fg, isf, var_isf, p, lp, qe,
-                        centroid, over, template_coverage, params, store.boxes)
+    out = _output_table(table, j, var_j, j_sum, var_sum, bg, n_fg, gb, var_isf, p, lp, qe,
+                        (centroid, final.get("centroid_variance")), over, template_coverage,
+                        params, store.boxes, stills)
     timings["total"] = time.time() - t_start
     parameters = _parameter_summary(x, layout, nodes, grid, stills, cov, experiments)
     parameters["outlier_pixels"] = n_outliers
@@ -522,14 +522,17 @@ def _row_keys(table) -> np.ndarray:
     return ((ids * 1024 + hkl[:, 0]) * 1024 + hkl[:, 1]) * 1024 + hkl[:, 2]
 
 
-def apply_orientation_corrections(experiments, parameters) -> int:
+def apply_orientation_corrections(experiments, parameters, table=None) -> int:
     """Rotate each still's crystal by its fitted correction (A → R(ω)·A); returns how many.
 
-    ω = (δθx, δθy, 0) in the lab frame, as fitted by the stills post-refinement.
+    ω = (δθx, δθy, 0) in the lab frame, as fitted by the stills post-refinement (to first
+    order ε moves by ŝ1·(ω×q), see ``_excitation_gradients``).  With ``table`` (the output
+    reflections) the predicted geometry of the rotated stills' rows is recomputed from the
+    new A, so that table and experiments agree (see ``_repredict_stills``).
     """
     from scitbx import matrix
 
-    n = 0
+    rotated = []
     for node in parameters["nodes"]:
         if "rotation_x_deg" not in node:
             continue
@@ -539,8 +542,52 @@ def apply_orientation_corrections(experiments, parameters) -> int:
             * matrix.col((0.0, 1.0, 0.0)).axis_and_angle_as_r3_rotation_matrix(
             node["rotation_y_deg"], deg=True))
         crystal.set_A(rot * matrix.sqr(crystal.get_A()))
-        n += 1
-    return n
+        rotated.append(node["experiment"])
+    if table is not None and rotated and len(table):
+        _repredict_stills(table, experiments, rotated)
+    return len(rotated)
+
+
+def _repredict_stills(table, experiments, rotated) -> None:
+    """``s1``, ``excitation_error``, ``xyzcal.mm``/``xyzcal.px`` and ``panel`` of the rows
+    of the experiments ``rotated`` from their crystals' current A, as
+    ``prediction.predict`` computes them (ε = |A·h + s0| − |s0|, s1 along A·h + s0,
+    DIALS's ray_intersection).  A row whose new ray misses the detector keeps its old
+    position.  ``lp`` and ``qe`` stay those the intensities were corrected with.
+    """
+    from dials.algorithms.spot_prediction import ray_intersection
+
+    from dials_factored.prediction import _add_pixel_positions
+
+    ids = to_numpy(table["id"]).astype(int)
+    hkl = to_numpy(table["miller_index"]).astype(float)
+    for i in sorted(set(rotated)):
+        rows = np.flatnonzero(ids == i)
+        if len(rows) == 0:
+            continue
+        expt = experiments[i]
+        a_mat = np.asarray(expt.crystal.get_A(), dtype=float).reshape(3, 3)
+        s0 = np.asarray(expt.beam.get_s0(), dtype=float)
+        k = hkl[rows] @ a_mat.T + s0
+        k_len = np.linalg.norm(k, axis=1)
+        s1 = k / k_len[:, None] * np.linalg.norm(s0)
+        sub = flex.reflection_table()
+        sub["s1"] = flex.vec3_double(s1)
+        sub["entering"] = flex.bool(len(rows), False)
+        sub["phi"] = flex.double(len(rows), 0.0)
+        hit = ray_intersection(expt.detector, sub)
+        z = to_numpy(table["xyzcal.px"])[rows, 2]
+        sub = sub.select(hit)
+        _add_pixel_positions(sub, expt.detector, frame=0.0)
+        at = flex.size_t(rows[to_numpy(hit)].tolist())
+        px = to_numpy(sub["xyzcal.px"])
+        px[:, 2] = z[to_numpy(hit)]
+        table["s1"].set_selected(at, sub["s1"])
+        table["excitation_error"].set_selected(
+            at, flex.double((k_len - np.linalg.norm(s0))[to_numpy(hit)]))
+        table["xyzcal.mm"].set_selected(at, sub["xyzcal.mm"])
+        table["xyzcal.px"].set_selected(at, flex.vec3_double(px))
+        table["panel"].set_selected(at, sub["panel"])
 
 
 def zc_to_phi(experiments, ids, zc):
@@ -605,16 +652,40 @@ def _isf_variance(cov, layout, nodes, inv_4d2, isf):
 
 
 def _output_table(table, j, var_j, j_sum, var_sum, bg, n_fg, isf, var_isf, p, lp, qe,
-                  centroid, overloaded, coverage, params, boxes):
-    """DIALS columns and flags (see README, "Output")."""
+                  centroid, overloaded, coverage, params, boxes, stills=False):
+    """DIALS columns and flags, each in the meaning DIALS gives it (README, "Conventions").
+
+    ``j``, ``var_j``: the profile-fit amplitude (counts) and its variance; for stills it
+    holds the partiality p, for rotation data it is the whole reflection.  ``isf`` is
+    G·exp(B/4d²) without p.  As DIALS writes them (dials/util/filter_reflections.py,
+    dials/algorithms/scaling/scaling_library.py):
+
+    * ``intensity.prf``: the full-reflection estimate J/p (σ²/p²) for stills, J for
+      rotation data; before lp/qe (DIALS applies lp/qe, never p, to prf);
+    * ``intensity.sum``: the foreground sum as recorded (partial), and ``partiality`` p,
+      by which DIALS divides only the sum;
+    * ``intensity.scale`` = prf·lp/qe, the corrected full intensity, and
+      ``inverse_scale_factor`` = G·exp(B/4d²) (no p): I_merged = scale/isf, the same
+      ratio as before, so dials.merge is unchanged;
+    * ``xyzobs.px``: background-subtracted centroid and DIALS's centroid variance
+      (``centroid`` is (values, variances)).
+
+    A stills reflection whose fitted p is 0 holds no full-intensity information and is
+    left out.
+    """
     t = table
-    t["intensity.prf.value"] = flex.double(j)
-    t["intensity.prf.variance"] = flex.double(var_j)
+    centroid, centroid_var = centroid
+    full = p if stills else np.ones_like(j)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        j_full = np.where(full > 0, j / full, np.nan)
+        var_full = np.where(full > 0, var_j / full ** 2, np.nan)
+    t["intensity.prf.value"] = flex.double(j_full)
+    t["intensity.prf.variance"] = flex.double(var_full)
     t["intensity.sum.value"] = flex.double(j_sum)
     t["intensity.sum.variance"] = flex.double(var_sum)
     corr = lp / qe
-    t["intensity.scale.value"] = flex.double(j * corr)
-    t["intensity.scale.variance"] = flex.double(var_j * corr ** 2)
+    t["intensity.scale.value"] = flex.double(j_full * corr)
+    t["intensity.scale.variance"] = flex.double(var_full * corr ** 2)
     t["inverse_scale_factor"] = flex.double(isf)
     t["inverse_scale_factor_variance"] = flex.double(var_isf)
     t["partiality"] = flex.double(p)
@@ -622,9 +693,11 @@ def _output_table(table, j, var_j, j_sum, var_sum, bg, n_fg, isf, var_isf, p, lp
     t["num_pixels.foreground"] = flex.int(n_fg.astype(int))
     t["profile.coverage"] = flex.double(coverage)
     t["xyzobs.px.value"] = flex.vec3_double(centroid)
-    t["xyzobs.px.variance"] = flex.vec3_double(len(t), (0.25, 0.25, 0.25))
+    if centroid_var is None:  # no pixel statistics: DIALS's pixel quantisation term
+        centroid_var = np.full((len(t), 3), 1.0 / 12.0)
+    t["xyzobs.px.variance"] = flex.vec3_double(centroid_var)
     t["bbox"] = boxes.as_bbox()
-    good = (np.isfinite(j) & np.isfinite(var_j) & (var_j > 0) & (isf > 0)
+    good = (np.isfinite(j_full) & np.isfinite(var_full) & (var_full > 0) & (isf > 0)
             & (coverage >= params.output.min_profile_coverage))
     scaling_ok = good & (~overloaded) & (p >= params.output.min_partiality)
     t.set_flags(flex.bool(good.tolist()), t.flags.integrated_prf)
@@ -632,7 +705,7 @@ def _output_table(table, j, var_j, j_sum, var_sum, bg, n_fg, isf, var_isf, p, lp
     t.set_flags(flex.bool(scaling_ok.tolist()), t.flags.scaled)
     t.set_flags(flex.bool((~scaling_ok).tolist()), t.flags.bad_for_scaling)
     t.set_flags(flex.bool(overloaded.tolist()), t.flags.overloaded)
-    keep = np.isfinite(j) & np.isfinite(var_j) & (var_j > 0)
+    keep = np.isfinite(j_full) & np.isfinite(var_full) & (var_full > 0)
     # variances must be positive for dials.export; drop what cannot be measured at all
     out = t.select(flex.bool(keep.tolist()))
     bad = out["intensity.sum.variance"] <= 0

@@ -226,13 +226,17 @@ def final_pass(store: Store, widths: Widths, j_expected: np.ndarray, xyz: np.nda
             "bg": tpl.bg,
             "coverage": pix.reduce(np.where(tpl.usable, tpl.P, 0.0)),
             "overloaded": pix.reduce((pix.overloaded & tpl.fg).astype(float)) > 0,
-            "centroid": _centroids(pix, tpl.fg & tpl.usable, tpl.bg, xyz[blk.index], boxes),
         }
+        centre = _centroids(pix, tpl.fg & tpl.usable, tpl.bg, xyz[blk.index], boxes)
+        values["centroid"] = centre
+        values["centroid_variance"] = _centroid_variances(pix, tpl.fg & tpl.usable, tpl.bg,
+                                                          centre, boxes)
         if tpl.frame_fraction is not None:
             per_frame = (boxes.x1 - boxes.x0) * (boxes.y1 - boxes.y0)
             values["recorded"] = pix.reduce(tpl.frame_fraction) / per_frame
         defaults = {k: 0.0 for k in values} | {"var_j": np.inf, "var_sum": 1.0,
                                                "overloaded": False, "centroid": xyz,
+                                               "centroid_variance": 1.0 / 12.0,
                                                "recorded": 1.0}
         out = blk.own_results(values, defaults, store.plan.core(b)[0])
         whole = blk.whole
@@ -251,21 +255,45 @@ def final_pass(store: Store, widths: Widths, j_expected: np.ndarray, xyz: np.nda
     return out
 
 
-def _centroids(pix, use, bg, xyz, boxes: Boxes):
-    """Background-subtracted centroid (px, px, frame) of the foreground; prediction if empty."""
+def _pixel_coordinates(pix, boxes: Boxes):
+    """The centre (px, px, frame) of every pixel."""
     o = pix.owner
-    dval = np.where(use, np.maximum(pix.counts - bg[o], 0.0), 0.0)
-    s = pix.reduce(dval)
     nx = (boxes.x1 - boxes.x0)[o]
     ny = (boxes.y1 - boxes.y0)[o]
     k2 = (np.arange(len(o)) - pix.start[o]) % (nx * ny)
-    px = boxes.x0[o] + k2 % nx + 0.5
-    py = boxes.y0[o] + k2 // nx + 0.5
-    pz = pix.frame + 0.5
+    return boxes.x0[o] + k2 % nx + 0.5, boxes.y0[o] + k2 // nx + 0.5, pix.frame + 0.5
+
+
+def _centroids(pix, use, bg, xyz, boxes: Boxes):
+    """Background-subtracted centroid (px, px, frame) of the foreground; prediction if empty."""
+    dval = np.where(use, np.maximum(pix.counts - bg[pix.owner], 0.0), 0.0)
+    s = pix.reduce(dval)
     out = xyz.copy()
     ok = s > 0
-    for c, v in enumerate((px, py, pz)):
+    for c, v in enumerate(_pixel_coordinates(pix, boxes)):
         out[ok, c] = pix.reduce(dval * v)[ok] / s[ok]
+    return out
+
+
+def _centroid_variances(pix, use, bg, centre, boxes: Boxes):
+    """DIALS's ``xyzobs.px.variance`` (px², px², frames²) of the centroids ``centre``.
+
+    As DIALS's centroider (``mean_sq_error`` in dials/algorithms/image/centroid/
+    centroid_points.h): with weights w = max(counts − bg, 0) over the foreground, the
+    unbiased weighted variance Σw(x − x̄)²·Σw/((Σw)² − Σw²), divided by Σw (the squared
+    standard error of the mean), plus 1/12 (pixel quantisation).  Where no two pixels
+    carry signal the position is only known to lie in the box: its width²/12.
+    """
+    w = np.where(use, np.maximum(pix.counts - bg[pix.owner], 0.0), 0.0)
+    s = pix.reduce(w)
+    s2 = pix.reduce(w * w)
+    ok = s ** 2 > s2 * (1 + 1e-9)
+    widths = (boxes.x1 - boxes.x0, boxes.y1 - boxes.y0, boxes.z1 - boxes.z0)
+    out = np.empty((len(s), 3))
+    safe = np.where(ok, s ** 2 - s2, 1.0)
+    for c, v in enumerate(_pixel_coordinates(pix, boxes)):
+        spread = pix.reduce(w * (v - centre[pix.owner, c]) ** 2)
+        out[:, c] = np.where(ok, spread / safe + 1.0 / 12.0, widths[c] ** 2 / 12.0)
     return out
 
 

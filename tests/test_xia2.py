@@ -81,8 +81,9 @@ def stills(tmp_path_factory):
     return SimpleNamespace(sim=sim, ours=ours, plain=plain, log=run.log_path)
 
 
-def test_write_for_xia2_gives_full_profile_intensities(tmp_path):
-    """integrated_1.refl: J/p and σ²/p² as intensity.prf, no scale columns, stale files gone."""
+def test_write_for_xia2_keeps_full_profile_intensities(tmp_path):
+    """integrated_1.refl: intensity.prf as written (already J/p, issue 18 item 3), no scale
+    columns, no p = 0 rows, stale files gone."""
     from dials.array_family import flex
 
     table = flex.reflection_table()
@@ -98,8 +99,8 @@ def test_write_for_xia2_gives_full_profile_intensities(tmp_path):
     (tmp_path / "integrated_2.refl").write_text("stale")
     assert factored_xia2_ssx.write_for_xia2(tmp_path) == 2
     out = flex.reflection_table.from_file(str(tmp_path / "integrated_1.refl"))
-    assert list(out["intensity.prf.value"]) == [10.0, 20.0]
-    assert list(out["intensity.prf.variance"]) == [4.0, 16.0]
+    assert list(out["intensity.prf.value"]) == [10.0, 10.0]
+    assert list(out["intensity.prf.variance"]) == [4.0, 4.0]
     assert list(out["intensity.sum.value"]) == [9.0, 9.0]  # dials.scale divides it by p
     assert not any(c in out for c in factored_xia2_ssx.SCALE_COLUMNS)
     assert not (tmp_path / "integrated_2.refl").exists()

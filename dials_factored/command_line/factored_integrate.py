@@ -188,7 +188,10 @@ refinement {
 output {
   experiments = factored.expt
     .type = path
-    .help = "The experiments (models as given; written atomically)."
+    .help = "The experiments: the models as given, except that for stills each"
+            "crystal carries its fitted orientation correction (refinement.orientation),"
+            "from which the reflections' s1, xyzcal and excitation errors are predicted"
+            "(written atomically)."
   reflections = factored.refl
     .type = path
     .help = "Integrated and scaled reflections, ready for dials.merge/dials.export."
@@ -369,8 +372,9 @@ def _integrate(params, experiments, strong, world) -> list:
                     "was written")
     logger.info("Integrated %d reflections in %.1f s", len(result.table), time.time() - start)
     shells = _log_statistics(result, experiments)
-    if apply_orientation_corrections(experiments, result.parameters):
-        logger.info("Crystal orientations updated with the fitted corrections (stills)")
+    if apply_orientation_corrections(experiments, result.parameters, result.table):
+        logger.info("Crystal orientations updated with the fitted corrections (stills); "
+                    "s1, xyzcal and excitation errors predicted again from them")
     writes = [
         (output.write_reflections, result.table, params.output.reflections),
         (output.write_experiments, experiments, params.output.experiments),

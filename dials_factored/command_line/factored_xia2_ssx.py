@@ -14,11 +14,12 @@ composes it from three file-level stages in the working directory, in xia2's lay
    reports (``data_reduction/scale/merged.mtz``, ``dials.merge.html``,
    ``dials.scale.html``; copies in ``DataFiles/`` and ``LogFiles/``).
 
-xia2's reducer always re-scales (a KB model per still, no error model).  In the
-``integrated_1.refl`` files ``intensity.prf`` is our profile-fitted amplitude divided by
-our fitted partiality: a full-reflection estimate, which is what DIALS means by a
-profile-fitted intensity (dials.scale divides only summation intensities by the
-partiality).  The generated scaling PHIL sets ``reflection_selection.intensity_choice``
+xia2's reducer always re-scales (a KB model per still, no error model).  The
+``integrated_1.refl`` files are ``factored.refl`` without our scale columns: there, as
+everywhere in our output, ``intensity.prf`` is already the full-reflection estimate
+(our profile-fitted amplitude divided by our fitted partiality), which is what DIALS
+means by a profile-fitted intensity (dials.scale divides only summation intensities by
+the partiality).  The generated scaling PHIL sets ``reflection_selection.intensity_choice``
 (``factored_xia2.intensity_choice``, default profile) and ``scaling_options.nproc``; a
 ``scaling.phil`` of the user is applied after it.  Our own scale factors stay in
 ``batch_N/factored.refl``, which ``dials.merge`` merges as they are.
@@ -84,7 +85,7 @@ factored_xia2 {
   intensity_choice = *profile sum combine
     .type = choice
     .help = "The intensities xia2's dials.scale re-scales and merges: profile (our"
-            "profile-fitted amplitude divided by our fitted partiality), sum (the"
+            "intensity.prf: the profile-fitted amplitude over our fitted partiality), sum (the"
             "foreground sum, divided by the partiality by dials.scale) or DIALS's combination."
   log = dials.factored_xia2_ssx.log
     .type = path
@@ -202,9 +203,10 @@ def _xia2_arguments(workdir: Path, params, working: iotbx.phil.scope) -> list[st
 def write_for_xia2(batch: Path) -> int:
     """``integrated_1.{expt,refl}`` in ``batch`` from our ``factored.{expt,refl}``.
 
-    As an integration output for dials.scale: ``intensity.prf`` becomes the
-    full-reflection estimate J/p (σ²/p²) of each still, and our scale columns go (dials.scale
-    would start from them).  Returns the number of reflections.
+    As an integration output for dials.scale: the columns as dials.factored_integrate
+    wrote them (``intensity.prf`` is already the full-reflection estimate J/p, as DIALS
+    means it) without our scale columns (dials.scale would start from them), and only
+    reflections with a positive partiality.  Returns the number of reflections.
     """
     from dials.array_family import flex
 
@@ -213,9 +215,6 @@ def write_for_xia2(batch: Path) -> int:
         stale.unlink()
     table = flex.reflection_table.from_file(str(batch / "factored.refl"))
     table = table.select(table["partiality"] > 0)
-    p = table["partiality"]
-    table["intensity.prf.value"] = table["intensity.prf.value"] / p
-    table["intensity.prf.variance"] = table["intensity.prf.variance"] / (p * p)
     for column in SCALE_COLUMNS:
         del table[column]
     table.as_file(str(batch / "integrated_1.refl"))
