@@ -67,7 +67,7 @@ partiality {
   r0 = None
     .type = float(value_min=0)
     .help = "Initial radial width R0 of the reciprocal-lattice point (Å⁻¹, stills)."
-            "None: 1/domain size from indexing, else 0.002."
+            "None: 1/domain size from indexing, else 0.0005 (2000 Å domains)."
   log_r0_prior_sigma = 0.5
     .type = float(value_min=0)
     .help = "Width of the log-normal prior on R0 around its initial value."

@@ -1,0 +1,101 @@
+"""Starting values (issue 18, item 7): the stills fit from an R0 4× too small or too large.
+
+One simulated stills set (30 images, 512² pixels; true R0 = √2·σ_domain = 5.64·10⁻⁴ Å⁻¹
+in our p = exp(−ε²/R0_eff²)) is integrated from its true models three times, with
+``partiality.r0`` at the truth, a quarter of it and four times it.  The fitted R0, the
+profile-fitted J (per observation) and the merged CC to the truth must agree within 10 %
+with the run started at the truth.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from dials_factored import dials_programs as dp
+from dials_factored import evaluate as ev
+from dials_factored.arrays import to_numpy
+
+pytestmark = pytest.mark.slow
+
+SIM = ["mode=stills", "seed=5", "n_images=30", "detector.size=512,512"]
+
+
+def _true_r0(sim) -> float:
+    truth = json.loads((sim / "truth" / "truth.json").read_text())["parameters"]
+    return math.sqrt(2.0) * truth["sigma_domain"]
+
+
+class Run:
+    def __init__(self, sim, out):
+        from dials.array_family import flex
+        from dxtbx.model.experiment_list import ExperimentListFactory
+
+        from dials_factored.merging import asu_groups, symmetry_of, weighted_mean
+
+        table = flex.reflection_table.from_file(str(out / "factored.refl"))
+        table = table.select(table.get_flags(table.flags.scaled))
+        truth = dict(np.load(sim / "truth" / "observations.npz"))
+        rows = ev.truth_rows(to_numpy(table["id"]), to_numpy(table["miller_index"]),
+                             truth["experiment"], truth["miller_index"])
+        table = table.select(flex.bool((rows >= 0).tolist()))
+        rows = rows[rows >= 0]
+        isf = to_numpy(table["inverse_scale_factor"])
+        value = to_numpy(table["intensity.scale.value"]) / isf
+        variance = to_numpy(table["intensity.scale.variance"]) / isf ** 2
+        symmetry = symmetry_of(ExperimentListFactory.from_json_file(
+            str(sim / "truth" / "models.expt"), check_format=False))
+        _, group = asu_groups(table["miller_index"], symmetry)
+        merged, _ = weighted_mean(group, value, variance)
+        true = np.zeros(len(merged))
+        true[group] = truth["i_true"][rows]
+        self.cc = float(np.corrcoef(merged, true)[0, 1])
+        self.n = len(table)
+        self.r0 = json.loads((out / "factored_parameters.json").read_text())["parameters"]["r0"]
+        self.j = dict(zip(zip(to_numpy(table["id"]).tolist(),
+                              map(tuple, to_numpy(table["miller_index"]).tolist())),
+                          to_numpy(table["intensity.prf.value"])))
+
+    def cc_j(self, other) -> float:
+        common = [k for k in self.j if k in other.j]
+        return float(np.corrcoef([self.j[k] for k in common], [other.j[k] for k in common])[0, 1])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    work = tmp_path_factory.mktemp("starting_values")
+    sim = work / "sim"
+    sim.mkdir()
+    dp.run_program("dials.factored_simulate", SIM, sim, expect=["truth/models.expt"])
+    r0 = _true_r0(sim)
+    out = {}
+    for factor in (1.0, 0.25, 4.0):
+        wd = work / f"r0_x{factor:g}"
+        wd.mkdir()
+        dp.run_program("dials.factored_integrate",
+                       [sim / "truth" / "models.expt", "beam.bandwidth=0.002",
+                        f"partiality.r0={factor * r0:.6g}", "output.html=None"], wd,
+                       expect=["factored.refl", "factored_parameters.json"])
+        out[factor] = Run(sim, wd)
+    return out
+
+
+@pytest.mark.parametrize("factor", [0.25, 4.0])
+def test_fit_converges_from_a_start_4x_off(runs, factor):
+    ref, run = runs[1.0], runs[factor]
+    # measured: fitted R0 0.989 (×¼ start) and 1.002 (×4) of the truth-start run's;
+    # CC(J) 0.99967 and 0.99984; merged CC to truth 0.9975 and 0.9960 (truth start 0.9963)
+    assert abs(run.r0 / ref.r0 - 1.0) < 0.10, f"R0 {run.r0:.3g} vs {ref.r0:.3g}"
+    assert run.cc_j(ref) > 0.99
+    assert run.cc > ref.cc - 0.01, f"merged CC to truth {run.cc:.4f} vs {ref.cc:.4f}"
+
+
+@pytest.mark.xfail(reason="the stills prediction cutoff uses the initial R0 (run_factored: "
+                   "max_eps = cutoff·√((R0_MARGIN·r0)² + R_bw²)), so a start 4× too small "
+                   "never predicts the reflections further from the Ewald sphere: measured "
+                   "3884 scaled observations vs 5279 from the truth start", strict=True)
+def test_a_small_start_integrates_as_many_reflections(runs):
+    assert runs[0.25].n > 0.9 * runs[1.0].n
