@@ -20,8 +20,22 @@ from dials.array_family import flex
 from dials_factored import collective, prediction, profile
 from dials_factored import reference as references
 from dials_factored.arrays import to_numpy
+from dials_factored.diagnostics import (
+    WIDTH_FACTOR,
+    PriorCheck,
+    fit_warnings,
+    implausible_widths,
+    per_still_table,
+)
 from dials_factored.error_model import fit_relative_error
-from dials_factored.fit import FactoredTarget, Layout, Observations, Priors, minimise
+from dials_factored.fit import (
+    FactoredTarget,
+    Layout,
+    Observations,
+    Priors,
+    corrected_excitation,
+    minimise,
+)
 from dials_factored.merging import asu_groups, global_groups, symmetry_of
 from dials_factored.model.partiality import (
     bandwidth_sq,
@@ -46,6 +60,9 @@ GROSS_EXCESS = 3.0
 #: Stills: reflections are dropped after the first cycle when their partiality is below
 #: ``prediction.partiality_floor`` even with R0_eff this many times the fitted one.
 PRUNE_WIDEN = 1.25
+#: σ of the prior on log R1 that keeps a width fixed (profile.fit_width=false, or auto
+#: after the fitted widths became implausible).
+FIXED_WIDTH_SIGMA = 1e-4
 #: σ of the gauge priors mean(log G) = 0, mean(B) = 0 without an external reference.
 GAUGE_SIGMA = 0.01
 #: Stills are predicted out to excitation_cutoff × R0_eff with R0 this many times its
@@ -288,15 +305,12 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
                       (world.min(float(s2.min())), world.max(float(s2.max()))))
     layout = Layout(nodes.n_nodes, grid.n_bins, params.profile.anisotropic,
                     n_orient=nodes.n_nodes if stills and params.refinement.orientation else 0)
-    deps_x, deps_y = (_excitation_gradients(experiments, ids, table) if stills
-                      else (np.zeros(len(d)), np.zeros(len(d))))
+    deps = (_excitation_gradients(experiments, ids, table) if stills
+            else (np.zeros(len(d)),) * 3)
 
     def excitation(x):
-        """ε with each still's fitted orientation correction (Å⁻¹)."""
-        if not layout.n_orient:
-            return eps
-        return (eps + deps_x * x[layout.orient_x][nodes.k0]
-                + deps_y * x[layout.orient_y][nodes.k0])
+        """ε with each still's fitted orientation and cell-scale correction (Å⁻¹)."""
+        return corrected_excitation(eps, deps, x, layout, nodes.k0)
 
     x = np.zeros(layout.size)
     x[layout.log_r0] = np.log(r0)
@@ -312,14 +326,20 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
         smooth_log_g=params.scale.smoothness.log_g,
         smooth_b=params.scale.smoothness.b,
         smooth_log_r1=params.profile.smoothness,
+        log_r1_mean=np.log(r1_init),
+        # a fixed width: a prior so narrow that the widths stay where the spots put them
+        log_r1_sigma=(FIXED_WIDTH_SIGMA if params.profile.fit_width == "false"
+                      else params.profile.log_r1_prior_sigma),
         gauge_sigma=GAUGE_SIGMA if ext_ref is None else None,
         orient_sigma=np.radians(params.refinement.orientation_prior_sigma),
+        cell_scale_sigma=params.refinement.cell_scale_prior_sigma,
     )
     rotation = None if stills else (zc, zeta, osc)
     active = None
     j_expected = None
     history = []
     n_outliers = 0
+    fallback = None
     for cycle in range(params.refinement.n_cycles):
         t_cycle = time.time()
         widths = _widths(x, layout, grid, area, params, rotation)
@@ -355,7 +375,8 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
         expected_now = _expected(j_model_now, j, var_j)
         ma, mb, sa, sb = observed_moments(stats, bg, expected_now)
         strong_now = (j / sigma_j > params.profile.min_i_over_sigma) & (expected_now > 0)
-        use2 = strong_now & np.isfinite(sa) & np.isfinite(sb) & (sa > 0) & (sb > 0)
+        use2 = (strong_now & np.isfinite(sa) & np.isfinite(sb) & (sa > 0) & (sb > 0)
+                & (priors.log_r1_sigma != FIXED_WIDTH_SIGMA))
         k2 = params.profile.window_sigma ** 2
         obs = Observations(
             j=j, sigma_j=sigma_j, i_ref=i_ref, attenuation=attenuation, inv_4d2=inv_4d2,
@@ -363,7 +384,7 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
             use1=(informative & np.isfinite(j) & np.isfinite(sigma_j) & np.isfinite(i_ref)
                   & (sigma_j > 0)),
             group=group, bootstrapped=~external,
-            stills=stills, eps=eps, rbw_sq=rbw_sq, deps_x=deps_x, deps_y=deps_y,
+            stills=stills, eps=eps, rbw_sq=rbw_sq, deps_x=deps[0], deps_y=deps[1], deps_s=deps[2],
             use2=use2, m_a=ma, m_b=mb, sigma_a=sa, sigma_b=sb, area=area,
             window_a=k2 * widths.ra ** 2, window_b=k2 * widths.rb ** 2,
             b0=grid.b0, b1=grid.b1, u=grid.u,
@@ -378,7 +399,7 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
             obs.z_first, obs.z_last = stats["z_first"], stats["z_last"]
         target = FactoredTarget(obs, layout, priors)
         x_old = x.copy()
-        x, objective, n_iter, cov = minimise(target, x, params.refinement.max_iterations)
+        x, objective, n_iter, cov, start = minimise(target, x, params.refinement.max_iterations)
         obs_scale = (_scale(x, layout, nodes, inv_4d2, excitation(x), rbw_sq, stills)
                      * attenuation)
         i_ref = np.where(external, ref_values, references.merged(
@@ -391,9 +412,12 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
                         "× %g); only these are integrated from now on",
                         int(world.sum(int(active.sum()))), int(world.sum(len(active))),
                         params.prediction.partiality_floor, PRUNE_WIDEN)
+        if stills and params.profile.fit_width == "auto" and fallback is None:
+            fallback = _width_fallback(x, layout, priors, r1_init, cycle)
         step = {
             "cycle": cycle + 1,
             "objective": objective,
+            "objective_start": start,
             "iterations": n_iter,
             "n_term1": int(world.sum(int(obs.use1.sum()))),
             "n_term2": int(world.sum(int(use2.sum()))),
@@ -451,7 +475,51 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
         "z_term1": ((j - j_model) / np.sqrt(var_j))[np.isfinite(var_j)],
         "outliers_per_image": final["outliers_per_image"],
     }
+    diagnostics["per_still"] = (_per_still(parameters, experiments, ids, informative, j, n_fg,
+                                           final["outliers_per_image"]) if stills else None)
+    parameters["warnings"] = ([fallback] if fallback else []) + fit_warnings(
+        history, params.refinement.max_iterations, _prior_checks(x, layout, priors, stills),
+        np.exp(x[layout.log_r1a]), r1_init, priors.log_r1_sigma != FIXED_WIDTH_SIGMA,
+        diagnostics["per_still"], n_outliers, int(world.sum(float(n_fg.sum()))))
     return Result(out, parameters, history, timings, diagnostics)
+
+
+def _per_still(parameters, experiments, ids, informative, j, n_fg, outliers_per_image) -> dict:
+    """The per-still diagnostics table, summed over MPI ranks."""
+    world = collective.world()
+    n_still = len(experiments)
+    return per_still_table(
+        parameters["nodes"],
+        world.sum(np.bincount(ids[informative & np.isfinite(j)], minlength=n_still)),
+        world.sum(np.pad(outliers_per_image, (0, n_still))[:n_still]),
+        world.sum(np.bincount(ids, weights=n_fg, minlength=n_still)))
+
+
+def _width_fallback(x, layout, priors, r1_init: float, cycle: int) -> str | None:
+    """Fix R1 at the strong spots' width (in ``x`` and ``priors``) if the fit ran away from it.
+
+    Returns the warning, or None when the widths are plausible.
+    """
+    r1 = np.exp(x[layout.log_r1a])
+    if not implausible_widths(r1, r1_init):
+        return None
+    warning = (f"fitted R1(d) ({' '.join(f'{r:.5f}' for r in r1)} Å⁻¹) ran more than "
+               f"{WIDTH_FACTOR:g}× from the strong spots' width {r1_init:.5f} Å⁻¹ in cycle "
+               f"{cycle + 1}: R1 fixed at that width from then on (profile.fit_width=auto)")
+    logger.warning("Warning: %s", warning)
+    x[layout.log_r1a] = x[layout.log_r1b] = np.log(r1_init)
+    priors.log_r1_sigma = FIXED_WIDTH_SIGMA
+    return warning
+
+
+def _prior_checks(x, layout, priors, stills) -> list[PriorCheck]:
+    """The global widths against their log-normal priors."""
+    if not stills:
+        return []
+    return [PriorCheck("R0 (Å⁻¹)", float(np.exp(x[layout.log_r0])), priors.log_r0_mean,
+                       priors.log_r0_sigma),
+            PriorCheck("mosaic spread η (rad)", float(np.exp(x[layout.log_eta])),
+                       priors.log_eta_mean, priors.log_eta_sigma)]
 
 
 def _widths(x, layout, grid, area, params, rotation) -> Widths:
@@ -523,9 +591,10 @@ def _row_keys(table) -> np.ndarray:
 
 
 def apply_orientation_corrections(experiments, parameters) -> int:
-    """Rotate each still's crystal by its fitted correction (A → R(ω)·A); returns how many.
+    """Correct each still's crystal by its fitted rotation and cell scale
+    (A → (1 + δs)·R(ω)·A); returns how many.
 
-    ω = (δθx, δθy, 0) in the lab frame, as fitted by the stills post-refinement.
+    ω = (δθx, δθy, 0) in the lab frame and δs, as fitted by the stills post-refinement.
     """
     from scitbx import matrix
 
@@ -538,7 +607,7 @@ def apply_orientation_corrections(experiments, parameters) -> int:
             node["rotation_x_deg"], deg=True)
             * matrix.col((0.0, 1.0, 0.0)).axis_and_angle_as_r3_rotation_matrix(
             node["rotation_y_deg"], deg=True))
-        crystal.set_A(rot * matrix.sqr(crystal.get_A()))
+        crystal.set_A((1.0 + node.get("cell_scale", 0.0)) * rot * matrix.sqr(crystal.get_A()))
         n += 1
     return n
 
@@ -571,19 +640,25 @@ def _scale(x, layout, nodes, inv_4d2, eps, rbw_sq, stills):
 
 
 def _excitation_gradients(experiments, ids, table):
-    """∂ε/∂θ (Å⁻¹/rad) for small rotations of each still's crystal about lab x and y.
+    """∂ε/∂θx, ∂ε/∂θy (Å⁻¹/rad) and ∂ε/∂δs (Å⁻¹) of each still's reflections.
 
     A rotation ω of the crystal moves q = A·h by ω×q, and ε = |q + s0| − |s0| changes
     by ŝ1·(ω×q).  Rotations about the beam (z) leave ε unchanged to first order and are
-    fixed by the spot positions, so only x and y are refined.
+    fixed by the spot positions, so only x and y are refined.  A relative scale δs of
+    the reciprocal cell (A → (1 + δs)·A) moves q by δs·q and ε by δs·ŝ1·q
+    = δs·λ/(2d²) on the sphere: the excitation error of a cell (or wavelength) that is
+    off by a fraction, which grows as 1/d² and which a mosaic spread cannot mimic
+    without widening every partiality.  Stills indexing leaves such errors of about 1 %
+    (the cell scale is weakly fixed by spot positions on a flat detector).
     """
     s1 = to_numpy(table["s1"])
     u1 = s1 / np.linalg.norm(s1, axis=1)[:, None]
     hkl = to_numpy(table["miller_index"]).astype(float)
     a_mats = np.array([np.asarray(e.crystal.get_A()).reshape(3, 3) for e in experiments])
     q = np.einsum("nij,nj->ni", a_mats[ids], hkl)
-    return tuple(np.einsum("ij,ij->i", u1, np.cross(axis, q))
-                 for axis in (np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])))
+    rotations = tuple(np.einsum("ij,ij->i", u1, np.cross(axis, q))
+                      for axis in (np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])))
+    return rotations + (np.einsum("ij,ij->i", u1, q),)
 
 
 def _partiality(x, layout, eps, inv_4d2, rbw_sq):
@@ -666,9 +741,11 @@ def _parameter_summary(x, layout, nodes, grid, stills, cov, experiments):
         "r1_b": np.exp(x[layout.log_r1b]).tolist(),
     }
     if layout.n_orient:
-        for node, tx, ty in zip(summary["nodes"], x[layout.orient_x], x[layout.orient_y]):
+        for node, tx, ty, ds in zip(summary["nodes"], x[layout.orient_x], x[layout.orient_y],
+                                    x[layout.cell_scale]):
             node["rotation_x_deg"] = float(np.degrees(tx))
             node["rotation_y_deg"] = float(np.degrees(ty))
+            node["cell_scale"] = float(ds)
     if stills:
         summary["r0"] = float(np.exp(x[layout.log_r0]))
         summary["mosaic_deg"] = float(np.degrees(np.exp(x[layout.log_eta])))

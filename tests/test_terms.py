@@ -175,7 +175,7 @@ def test_fit_recovers_scales_and_width():
     x0[layout.log_r0] = np.log(0.002)
     x0[layout.log_r1a] = np.log(1.3 * r1_true)
     priors = Priors(np.log(0.002), 0.5, np.log(1e-3), 1.0, 20.0, 0.1, 2.0, 0.3)
-    x, _, _, cov = minimise(FactoredTarget(obs, layout, priors), x0)
+    x, _, _, cov, _ = minimise(FactoredTarget(obs, layout, priors), x0)
     assert np.corrcoef(x[layout.log_g], np.log(g_true))[0, 1] > 0.98
     assert np.corrcoef(x[layout.b], b_true)[0, 1] > 0.9
     assert np.exp(x[layout.log_r1a][0]) == pytest.approx(r1_true, rel=0.03)

@@ -100,6 +100,19 @@ profile {
     .type = float(value_min=0)
     .help = "σ of the prior on log R1 differences between neighbouring nodes."
     .expert_level = 1
+  log_r1_prior_sigma = 0.7
+    .type = float(value_min=0)
+    .help = "σ of the log-normal prior of every R1 node on the initial R1 (the strong"
+            "spots' width): R1 may move by a factor of about 2 from what the spot finder"
+            "saw, not by 4."
+    .expert_level = 1
+  fit_width = *auto true false
+    .type = choice
+    .help = "Fit R1(d) to the spot shapes (Term 2)?  auto: fit, and (stills) when a node"
+            "ends a cycle more than 2× from the strong spots' width, fix every node at"
+            "that width for the remaining cycles (logged as a warning); true: fit and"
+            "only warn; false: keep R1 at its initial value (the strong spots' width)"
+            "and fit only the scales and partialities."
   box_sigma = 4.0
     .type = float(value_min=1)
     .help = "Half-width of the shoebox in units of the initial R1."
@@ -178,6 +191,13 @@ refinement {
   orientation_prior_sigma = 0.2
     .type = float(value_min=0)
     .help = "σ (degrees) of the prior on each still's orientation correction."
+    .expert_level = 1
+  cell_scale_prior_sigma = 0.02
+    .type = float(value_min=0)
+    .help = "Stills: σ of the prior on each still's relative reciprocal-cell scale"
+            "correction δs (q → (1 + δs)·q), refined with the orientation through the"
+            "partialities: a cell or wavelength off by a fraction shifts every excitation"
+            "error by δs·λ/2d², which would otherwise be taken for mosaic spread."
     .expert_level = 1
   min_partiality = 0.1
     .type = float(value_min=0, value_max=1)
@@ -481,6 +501,10 @@ def _log_statistics(result, experiments):
     else:
         logger.info("Fitted mosaicity = %.4f°", p["mosaicity_deg"])
     logger.info("Outlier pixels masked (hot pixels, zingers): %d", p["outlier_pixels"])
+    for warning in p.get("warnings", []):
+        logger.warning("Warning: %s", warning)
+    if not p.get("warnings"):
+        logger.info("Plausibility checks passed (convergence, priors, widths, outliers)")
     if "correlation" in p:
         names = p["correlation"]["parameters"]
         logger.info("Parameter correlations (%s):", ", ".join(names))
