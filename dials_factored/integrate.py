@@ -424,9 +424,10 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
             "max_shift_b": float(np.max(np.abs(x[layout.b] - x_old[layout.b]))),
             "r0": float(np.exp(x[layout.log_r0])),
             "r1": np.exp(x[layout.log_r1a]).tolist(),
-            "eta_deg": float(np.degrees(np.exp(x[layout.log_eta]))),
             "seconds": time.time() - t_cycle,
         }
+        if not stills:  # rotation: "r0" is the radial width, with σ_m beside it
+            step["sigma_m_deg"] = float(np.degrees(np.exp(x[layout.log_eta])))
         history.append(step)
         logger.info(
             "Cycle %d: objective %.5g (%d LM iterations), Term-1 %d, Term-2 %d reflections, "
@@ -434,7 +435,7 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
             step["cycle"], objective, n_iter, step["n_term1"], step["n_term2"], n_new,
             step["max_shift_log_g"], step["max_shift_b"],
             "R0" if stills else "radial R0 (Å⁻¹)", step["r0"],
-            "" if stills else f", σ_m {step['eta_deg']:.4f}°", step["seconds"])
+            "" if stills else f", σ_m {step['sigma_m_deg']:.4f}°", step["seconds"])
         tolerance = params.refinement.shift_tolerance
         # a cycle whose LM took no step (its first, damped step was too short) says
         # nothing about convergence: the next cycle's weights may move the optimum
