@@ -168,3 +168,44 @@ def test_recorded_fraction_sums_the_frame_fractions_inside_the_scan():
     from scipy.special import ndtr
     np.testing.assert_allclose(by_frame[:2], [1 - ndtr(-0.3 / 0.8), ndtr(0.2 / 0.6)],
                                atol=1e-5)
+
+
+def test_phi_moment_rows_have_exact_jacobian_in_both_widths():
+    """Term 2's φ-moment rows: analytic ∂r/∂log R0 and ∂r/∂log σ_m against finite
+    differences, and the two columns differ (the laws scale differently with 2θ)."""
+    from dials_factored.fit import FactoredTarget, Layout, Observations, Priors
+
+    rng = np.random.default_rng(4)
+    n = 30
+    zero = np.zeros(n, int)
+    zc = rng.uniform(3, 7, n)
+    sin_2t = rng.uniform(0.05, 0.8, n)
+    zeta_u = rng.uniform(0.3, 1.0, n) * rng.choice([-1, 1], n)
+    obs = Observations(
+        j=np.ones(n), sigma_j=np.ones(n), i_ref=np.ones(n), attenuation=np.ones(n),
+        inv_4d2=np.full(n, 0.05), k0=zero, k1=zero, w=np.zeros(n), use1=np.zeros(n, bool),
+        group=None, bootstrapped=np.zeros(n, bool), stills=False, eps=np.zeros(n),
+        rbw_sq=np.zeros(n), use2=np.zeros(n, bool), m_a=np.zeros(n), m_b=np.zeros(n),
+        sigma_a=np.ones(n), sigma_b=np.ones(n), area=np.ones(n), window_a=np.ones(n),
+        window_b=np.ones(n), b0=zero, b1=zero, u=np.zeros(n),
+        use_z=np.ones(n, bool), m_z=rng.uniform(0.1, 1.0, n), sigma_mz=np.full(n, 0.05),
+        rate=np.abs(zeta_u) * sin_2t, zeta_unit=zeta_u, osc=np.full(n, 0.5),
+        z_centre=zc, z_first=np.floor(zc).astype(int) - 2, z_last=np.floor(zc).astype(int) + 2)
+    layout = Layout(1, 1, False)
+    priors = Priors(0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    target = FactoredTarget(obs, layout, priors)
+    x = np.zeros(layout.size)
+    x[layout.log_r0], x[layout.log_eta] = np.log(3e-4), np.log(np.radians(0.1))
+    r, (rows, cols, vals) = target.evaluate(x)
+    jac = np.zeros((len(r), layout.size))
+    np.add.at(jac, (rows, cols), vals)
+    h = 1e-6
+    columns = []
+    for col in (layout.log_r0, layout.log_eta):
+        up, down = x.copy(), x.copy()
+        up[col] += h
+        down[col] -= h
+        numeric = (target.evaluate(up, False)[0] - target.evaluate(down, False)[0]) / (2 * h)
+        np.testing.assert_allclose(jac[:n, col], numeric[:n], rtol=1e-4, atol=1e-6)
+        columns.append(jac[:n, col])
+    assert abs(np.corrcoef(*columns)[0, 1]) < 0.99
