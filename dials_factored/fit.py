@@ -7,7 +7,8 @@ statistics (J, σ_J, M, σ_M) are fixed numbers; the parameters are
     log G and B per scale node, log R0, log η, log R1a per width node (and log R1b)
 
 Term 1 rows depend on (G, B, R0) only and Term 2 rows on R1 (and, for
-rotation, R0 through the φ moment) only: the Jacobian is block diagonal by
+rotation, the two φ widths R0 and σ_m, held in the log R0 and log η slots, through
+the φ moment) only: the Jacobian is block diagonal by
 construction, which is the point of the factorisation (seed §5).
 """
 
@@ -150,7 +151,8 @@ class Observations:
     use_z: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     m_z: np.ndarray = field(default_factory=lambda: np.zeros(0))
     sigma_mz: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    rate: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    rate: np.ndarray = field(default_factory=lambda: np.zeros(0))  # |s0|·|ζ| (Å⁻¹/rad)
+    zeta_unit: np.ndarray = field(default_factory=lambda: np.zeros(0))  # DIALS's ζ
     osc: np.ndarray = field(default_factory=lambda: np.zeros(0))
     z_centre: np.ndarray = field(default_factory=lambda: np.zeros(0))
     z_first: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
@@ -303,13 +305,17 @@ class FactoredTarget:
                 (first + o.b1[s], -dmodel * o.u[s] / sig_m[s]),
             ])
 
-        # Rotation: second moment along φ constrains R0
+        # Rotation: second moment along φ constrains the radial R0 and the angular σ_m
         if not o.stills and o.use_z.any():
             s = o.use_z
-            sz, _ = rotation_sigma_z(float(np.exp(x[lay.log_r0])), o.rate[s], o.osc[s])
+            sz, share_r0, share_m = rotation_sigma_z(
+                float(np.exp(x[lay.log_r0])), float(np.exp(x[lay.log_eta])), o.rate[s],
+                o.zeta_unit[s], o.osc[s])
             model, dmodel = binned_frame_moment(o.z_centre[s], o.z_first[s], o.z_last[s], sz)
-            # σ_z ∝ R0, so ∂M/∂log R0 = ∂M/∂log σ_z
-            add((o.m_z[s] - model) / o.sigma_mz[s], [(lay.log_r0, -dmodel / o.sigma_mz[s])])
+            # ∂M/∂log R0 = ∂M/∂log σ_z · ∂log σ_z/∂log R0 (the radial share), same for σ_m
+            add((o.m_z[s] - model) / o.sigma_mz[s], [
+                (lay.log_r0, -dmodel * share_r0 / o.sigma_mz[s]),
+                (lay.log_eta, -dmodel * share_m / o.sigma_mz[s])])
 
         # Priors: once per run (the data rows of all ranks are summed in the normal
         # equations, so only rank 0 adds them)

@@ -41,6 +41,7 @@ from dials_factored.model.partiality import (
     bandwidth_sq,
     rotation_sigma_z,
     rotation_zeta,
+    rotation_zeta_unit,
     stills_partiality,
 )
 from dials_factored.model.scale import build_nodes
@@ -127,14 +128,30 @@ def _initial_r1(strong, area_median: float, default: float) -> float:
     return float(np.sqrt(2.0) * max(width, 2.0) / 4.0 * np.sqrt(area_median))
 
 
-def _initial_mosaicity(strong, zeta: np.ndarray, osc_deg: float, default_deg: float) -> float:
-    """Mosaic spread σ_m (rad) for rotation data from the spot finder's z extents."""
-    if strong is None or "bbox" not in strong or len(strong) == 0:
-        return np.radians(default_deg)
-    _, _, _, _, z0, z1 = strong["bbox"].parts()
-    extent = float(np.median(to_numpy(z1 - z0)))
-    sigma_z = max(extent, 1.0) / 4.0
-    return float(np.radians(sigma_z * osc_deg) * np.median(np.abs(zeta)))
+def _initial_phi_widths(strong, rate: np.ndarray, zeta_unit: np.ndarray, osc_deg: float,
+                        mosaicity_deg: float | None, default_deg: float = 0.1):
+    """Initial (R0 Å⁻¹, σ_m rad) of rotation data (see ``model.partiality``).
+
+    The φ width σ_φ of the median reflection comes from the spot finder's z extents
+    (σ_z ≈ extent/4), or from ``mosaicity_deg`` taken as DIALS's σ_m; the two widths
+    start with equal shares of σ_φ² there, and the φ moments of Term 2 split them.
+    """
+    rate_m, zeta_m = float(np.median(rate)), float(np.median(np.abs(zeta_unit)))
+    if mosaicity_deg:
+        sigma_phi = np.sqrt(2.0) * np.radians(mosaicity_deg) / zeta_m
+    elif strong is None or "bbox" not in strong or len(strong) == 0:
+        sigma_phi = np.radians(default_deg) / zeta_m
+    else:
+        _, _, _, _, z0, z1 = strong["bbox"].parts()
+        extent = float(np.median(to_numpy(z1 - z0)))
+        sigma_phi = np.radians(max(extent, 1.0) / 4.0 * osc_deg)
+    return float(sigma_phi * rate_m), float(sigma_phi / np.sqrt(2.0) * zeta_m)
+
+
+def _rotation_geometry(zc, zeta, d, s0_len, osc):
+    """(z_c, |dε/dφ| = |s0||ζ|, DIALS's ζ_u = ζ/sin 2θ, Δφ) per rotation reflection."""
+    sin_2theta = np.sin(2.0 * np.arcsin(np.clip(1.0 / (2.0 * d * s0_len), 0.0, 1.0)))
+    return zc, s0_len * np.abs(zeta), zeta / np.maximum(sin_2theta, 1e-12), osc
 
 
 def run_factored(experiments, strong, params, progress=None) -> Result:
@@ -204,16 +221,16 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         z1 = np.ones(len(table), int)
         zeta = np.zeros(len(table))
         osc = np.zeros(len(table))
-        mosaic = None
     else:
         m2 = np.array([experiments[i].goniometer.get_rotation_axis() for i in
                        range(len(experiments))])[ids]
         zeta = rotation_zeta(m2, s1, s0)
+        zeta_u = rotation_zeta_unit(m2, s1, s0)
         osc = np.array([e.scan.get_oscillation()[1] for e in experiments])[ids]
-        mosaic = (np.radians(params.profile.mosaicity) if params.profile.mosaicity
-                  else _initial_mosaicity(strong, zeta, float(np.median(osc)), 0.1))
-        r0 = mosaic
-        sz, _ = rotation_sigma_z(mosaic, np.abs(zeta), osc)
+        rate = s0_len * np.abs(zeta)
+        r0 = _initial_phi_widths(strong, rate, zeta_u, float(np.median(osc)),
+                                 params.profile.mosaicity)  # (R0, σ_m)
+        sz = rotation_sigma_z(*r0, rate, zeta_u, osc)[0]
         zhalf = np.ceil(np.maximum(params.profile.box_sigma * sz, 1.5)).astype(int)
         z0 = np.floor(zc).astype(int) - zhalf
         z1 = np.floor(zc).astype(int) + zhalf + 1
@@ -312,16 +329,21 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
         """ε with each still's fitted orientation and cell-scale correction (Å⁻¹)."""
         return corrected_excitation(eps, deps, x, layout, nodes.k0)
 
+    # rotation: the radial R0 and the angular σ_m sit in the log R0 and log η slots
+    r0, eta0 = (r0, np.radians(params.partiality.mosaic)) if stills else r0
+    prior_r0, prior_eta = ((params.partiality.log_r0_prior_sigma,
+                            params.partiality.log_mosaic_prior_sigma) if stills else
+                           (params.profile.log_phi_width_prior_sigma,) * 2)
     x = np.zeros(layout.size)
     x[layout.log_r0] = np.log(r0)
-    x[layout.log_eta] = np.log(np.radians(params.partiality.mosaic))
+    x[layout.log_eta] = np.log(eta0)
     x[layout.log_r1a] = np.log(r1_init)
     x[layout.log_r1b] = np.log(r1_init)
     priors = Priors(
         log_r0_mean=np.log(r0),
-        log_r0_sigma=params.partiality.log_r0_prior_sigma,
-        log_eta_mean=np.log(np.radians(params.partiality.mosaic)),
-        log_eta_sigma=params.partiality.log_mosaic_prior_sigma,
+        log_r0_sigma=prior_r0,
+        log_eta_mean=np.log(eta0),
+        log_eta_sigma=prior_eta,
         b_sigma=params.scale.b_prior_sigma,
         smooth_log_g=params.scale.smoothness.log_g,
         smooth_b=params.scale.smoothness.b,
@@ -334,7 +356,7 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
         orient_sigma=np.radians(params.refinement.orientation_prior_sigma),
         cell_scale_sigma=params.refinement.cell_scale_prior_sigma,
     )
-    rotation = None if stills else (zc, zeta, osc)
+    rotation = None if stills else _rotation_geometry(zc, zeta, d, s0_len, osc)
     active = None
     j_expected = None
     history = []
@@ -394,7 +416,7 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
         if not stills:
             mz, smz = observed_frame_moment(stats, bg, expected_now)
             obs.use_z = use2 & np.isfinite(smz) & (smz > 0)
-            obs.m_z, obs.sigma_mz, obs.rate, obs.osc = mz, smz, np.abs(zeta), osc
+            obs.m_z, obs.sigma_mz, obs.rate, obs.zeta_unit, obs.osc = mz, smz, *rotation[1:]
             obs.z_centre = zc
             obs.z_first, obs.z_last = stats["z_first"], stats["z_last"]
         target = FactoredTarget(obs, layout, priors)
@@ -428,13 +450,16 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
             "r1": np.exp(x[layout.log_r1a]).tolist(),
             "seconds": time.time() - t_cycle,
         }
+        if not stills:  # rotation: "r0" is the radial width, with σ_m beside it
+            step["sigma_m_deg"] = float(np.degrees(np.exp(x[layout.log_eta])))
         history.append(step)
         logger.info(
             "Cycle %d: objective %.5g (%d LM iterations), Term-1 %d, Term-2 %d reflections, "
-            "%d new outlier pixels, max |Δlog G| %.4f, max |ΔB| %.3f Å², %s %.5g, %.1f s",
+            "%d new outlier pixels, max |Δlog G| %.4f, max |ΔB| %.3f Å², %s %.5g%s, %.1f s",
             step["cycle"], objective, n_iter, step["n_term1"], step["n_term2"], n_new,
             step["max_shift_log_g"], step["max_shift_b"],
-            "R0" if stills else "mosaicity (rad)", step["r0"], step["seconds"])
+            "R0" if stills else "radial R0 (Å⁻¹)", step["r0"],
+            "" if stills else f", σ_m {step['sigma_m_deg']:.4f}°", step["seconds"])
         tolerance = params.refinement.shift_tolerance
         # a cycle whose LM took no step (its first, damped step was too short) says
         # nothing about convergence: the next cycle's weights may move the optimum
@@ -444,10 +469,12 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
             break
 
     # Final statistics with the fitted model
-    final = final_pass(store, _widths(x, layout, grid, area, params, rotation), j_expected, xyz,
+    final_widths = _widths(x, layout, grid, area, params, rotation)
+    final = final_pass(store, final_widths, j_expected, xyz,
                        ids if stills else None, params.nproc, active, owned)
     j, var_j, bg = final["j"], final["var_j"], final["bg"]
-    recorded = final.get("recorded", np.ones(len(d)))
+    recorded = np.ones(len(d)) if stills else _recorded(experiments, ids, store.boxes,
+                                                         final_widths)
     # the error model from the final fit, applied to the model-expected amplitude
     # (never the observed J)
     eps_final = excitation(x)
@@ -531,9 +558,18 @@ def _widths(x, layout, grid, area, params, rotation) -> Widths:
     ra_eff, rb_eff = profile.effective_widths(ra, rb, area)
     if rotation is None:
         return Widths(ra_eff, rb_eff, area, params.profile.window_sigma)
-    zc, zeta, osc = rotation
-    sz, _ = rotation_sigma_z(float(np.exp(x[layout.log_r0])), np.abs(zeta), osc)
+    zc, rate, zeta_unit, osc = rotation
+    sz = rotation_sigma_z(float(np.exp(x[layout.log_r0])), float(np.exp(x[layout.log_eta])),
+                          rate, zeta_unit, osc)[0]
     return Widths(ra_eff, rb_eff, area, params.profile.window_sigma, zc, sz)
+
+
+def _recorded(experiments, ids, boxes, widths: Widths) -> np.ndarray:
+    """Rotation: the fraction of each φ profile on the frames of its box inside the scan."""
+    scan_range = np.array([e.scan.get_array_range() for e in experiments])[ids]
+    lo = np.maximum(boxes.z0, scan_range[:, 0])
+    hi = np.minimum(boxes.z1, scan_range[:, 1])
+    return profile.recorded_fraction(widths.zc, widths.sz, lo, hi)
 
 
 def _relative_error(group, j, var_j, obs_scale, informative) -> float:
@@ -750,14 +786,18 @@ def _parameter_summary(x, layout, nodes, grid, stills, cov, experiments):
         summary["r0"] = float(np.exp(x[layout.log_r0]))
         summary["mosaic_deg"] = float(np.degrees(np.exp(x[layout.log_eta])))
     else:
-        summary["mosaicity_deg"] = float(np.degrees(np.exp(x[layout.log_r0])))
+        # σ_m as DIALS's sigma_m (degrees, e3 frame); the radial R0 in Å⁻¹
+        summary["sigma_m_deg"] = float(np.degrees(np.exp(x[layout.log_eta])))
+        summary["mosaicity_deg"] = summary["sigma_m_deg"]
+        summary["radial_r0"] = float(np.exp(x[layout.log_r0]))
     if cov is not None:
         idx = [layout.log_g.start, layout.b.start, layout.log_r1a.start, layout.log_r0]
+        idx += [] if stills else [layout.log_eta]
         sub = cov[np.ix_(idx, idx)]
         sd = np.sqrt(np.maximum(np.diag(sub), 1e-300))
         summary["correlation"] = {
             "parameters": ["log G (first node)", "B (first node)", "log R1 (first bin)",
-                           "log R0" if stills else "log mosaicity"],
+                           *(["log R0"] if stills else ["log R0 (radial)", "log σ_m"])],
             "matrix": (sub / np.outer(sd, sd)).tolist(),
         }
     return summary

@@ -11,16 +11,17 @@ equals Rb (radial) unless the anisotropic option is on.  Sampling the profile
 at pixel centres adds the pixel's own variance a²/12 per direction (a = √A),
 so the widths used are R_eff² = R1² + a²/6.
 
-Rotation data add the rotation direction: a reciprocal-lattice point smeared
-radially as exp(−ε_r²/R0²) crosses the Ewald sphere at the rate
-|dε_r/dφ| = |ŝ1·(m2 × q)| (Å⁻¹/rad), so its photons are spread in φ as a
-Gaussian of σ_φ = R0/(√2 |dε_r/dφ|).  The fraction recorded on frame f
+Rotation data add the rotation direction: the photons are spread in φ as a
+Gaussian whose σ_φ combines the radial width R0 and the angular mosaic spread σ_m,
+σ_φ² = R0²/(2 |dε/dφ|²) + σ_m²/ζ_u² (see ``model.partiality``).  The fraction recorded on frame f
 (covering [f, f+1) in frame units, φ-centre z_c) is
 
     F_f = Φ((f + 1 − z_c)/σ_z) − Φ((f − z_c)/σ_z),   σ_z = σ_φ/Δφ
 
 and P_p = P_tang · F_f, so Σ over all frames is 1 and J estimates the full
-reflection even when the box or the scan cuts it.
+reflection even when the box or the scan cuts it.  The recorded fraction (the output
+``partiality``) sums F_f over the frames of the box that lie inside the scan only:
+frames before the first or after the last image hold no pixels.
 """
 
 from __future__ import annotations
@@ -61,3 +62,14 @@ def frame_window(pix, z_centre: np.ndarray, sigma_z: np.ndarray, k: float) -> np
     """Rotation foreground along φ: frames whose centre is within k·σ_z + ½ of z_c."""
     o = pix.owner
     return np.abs(pix.frame + 0.5 - z_centre[o]) <= k * sigma_z[o] + 0.5
+
+
+def recorded_fraction(z_centre: np.ndarray, sigma_z: np.ndarray, lo: np.ndarray,
+                      hi: np.ndarray) -> np.ndarray:
+    """Σ F_f over the frames lo ≤ f < hi: Φ((hi − z_c)/σ_z) − Φ((lo − z_c)/σ_z) (per reflection).
+
+    ``lo``/``hi`` are the box's first and end frames clipped to the scan; 0 where empty.
+    """
+    s = np.maximum(sigma_z, 1e-12)
+    frac = ndtr((hi - z_centre) / s) - ndtr((lo - z_centre) / s)
+    return np.where(hi > lo, frac, 0.0)

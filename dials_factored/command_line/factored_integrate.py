@@ -88,8 +88,14 @@ profile {
             "boxes in the input reflections."
   mosaicity = None
     .type = float(value_min=0)
-    .help = "Initial mosaic spread σ_m (degrees, rotation data). None: from the spot"
-            "finder's z extents."
+    .help = "Initial angular mosaic spread σ_m (degrees, rotation data, DIALS's sigma_m)."
+            "None: from the spot finder's z extents, shared equally with the radial"
+            "width R0 at the median reflection."
+  log_phi_width_prior_sigma = 1.0
+    .type = float(value_min=0)
+    .help = "Rotation: width of the log-normal priors on the radial width R0 and the"
+            "angular mosaic spread σ_m around their initial values."
+    .expert_level = 1
   anisotropic = False
     .type = bool
     .help = "Fit separate widths along the circumferential and radial directions."
@@ -499,7 +505,8 @@ def _log_statistics(result, experiments):
     if "r0" in p:
         logger.info("Fitted R0 = %.5f Å⁻¹, mosaic spread η = %.4f°", p["r0"], p["mosaic_deg"])
     else:
-        logger.info("Fitted mosaicity = %.4f°", p["mosaicity_deg"])
+        logger.info("Fitted φ widths: angular mosaic spread σ_m = %.4f° (DIALS's sigma_m), "
+                    "radial R0 = %.5f Å⁻¹", p["sigma_m_deg"], p["radial_r0"])
     logger.info("Outlier pixels masked (hot pixels, zingers): %d", p["outlier_pixels"])
     for warning in p.get("warnings", []):
         logger.warning("Warning: %s", warning)

@@ -73,7 +73,13 @@ crystal {
   mosaic = None
     .type = float(value_min=0)
     .help = "Mosaic spread (degrees, rms per axis of the block rotation vector)."
-            "None: 0.0286 (0.0005 rad) for stills, 0.05 for rotation."
+            "None: 0.0286 (0.0005 rad) for stills, 0.15 for rotation."
+  phi_spread = domain angular *both
+    .type = choice
+    .help = "Rotation: what spreads a reflection's photons in φ. domain: the finite"
+            "domain size only (radial width √2·σ_dom, σ_φ ∝ 1/|ζ|; mosaic rotation off);"
+            "angular: the mosaic block rotation only (σ_φ = σ_m/|ζ_unit|, DIALS's law;"
+            "domains infinite); both: both (with the defaults the angular part dominates)."
 }
 wilson {
   b = 15

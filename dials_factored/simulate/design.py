@@ -34,7 +34,7 @@ BATCH_SAMPLES = 100_000
 MODE_DEFAULTS = {
     "stills": {"n_images": 100, "bandwidth": 0.002, "mosaic_deg": math.degrees(0.0005),
                "intensity_scale": 1.0},
-    "rotation": {"n_images": 90, "bandwidth": 0.0002, "mosaic_deg": 0.05,
+    "rotation": {"n_images": 90, "bandwidth": 0.0002, "mosaic_deg": 0.15,
                  "intensity_scale": 0.05},
 }
 
@@ -103,6 +103,20 @@ class Design:
         return g, b
 
 
+def phi_width_truth(spreads: Spreads) -> dict:
+    """The true φ widths in the integrator's convention (``model.partiality``).
+
+    radial_r0 (Å⁻¹): R0 of exp(−ε²/R0²) for δ of rms σ_dom along the sphere normal,
+    √2·σ_dom.  sigma_m_deg: the angular spread along ê1, DIALS's sigma_m, which the
+    mosaic rotation (σ_m per axis) and the beam divergence (σ_div per axis, a tilt of
+    s0 about ê1 moves a point across the sphere like a crystal rotation) both feed,
+    √(σ_m² + σ_div²).  The bandwidth adds bλ/(2d²) to the radial width (not included).
+    """
+    return {"radial_r0": math.sqrt(2.0) * spreads.sigma_domain,
+            "sigma_m_deg": math.degrees(math.hypot(spreads.mosaic, spreads.divergence)),
+            "sigma_m_crystal_deg": math.degrees(spreads.mosaic)}
+
+
 def resolve(params) -> Design:
     """Build the :class:`Design` of the extracted phil parameters."""
     mode = params.mode
@@ -127,7 +141,13 @@ def resolve(params) -> Design:
     truth = xtal.make_true_crystal(params.crystal.space_group, params.crystal.unit_cell, d_min,
                                    params.wilson.b, params.wilson.mean_intensity,
                                    stream(seed, "intensities"))
-    spreads = Spreads(sigma_domain=domain_sigma(params.crystal.domain_size), mosaic=mosaic,
+    law = params.crystal.phi_spread
+    sigma_domain = domain_sigma(params.crystal.domain_size)
+    if mode == "rotation" and law == "angular":
+        sigma_domain = 0.0  # infinite domains: the φ spread is the mosaic rotation only
+    if mode == "rotation" and law == "domain":
+        mosaic = 0.0  # no block rotation: the φ spread is the domain size only
+    spreads = Spreads(sigma_domain=sigma_domain, mosaic=mosaic,
                       divergence=params.beam.divergence, bandwidth=bandwidth,
                       psf=params.detector.psf)
     if mode == "stills" and bandwidth <= 0:
@@ -191,4 +211,6 @@ def resolve(params) -> Design:
     else:
         design.parameters["rotation"] = dict(design.rotation,
                                              exposure_time=params.rotation.exposure_time)
+        design.parameters["phi_spread"] = law
+        design.parameters["phi_widths"] = phi_width_truth(spreads)
     return design
