@@ -31,11 +31,13 @@ from dials_factored.shoeboxes import (
 
 @dataclass
 class Store:
-    """The pixels and what is needed to read them: the store, its blocks and boxes."""
+    """The pixels and what is needed to read them: the store, its blocks and boxes, and
+    the detector's read-noise variance σ_read² (photons², 0 for photon counting)."""
 
     pixels: PixelStore
     plan: BlockPlan
     boxes: Boxes
+    read_variance: float = 0.0
 
 
 @dataclass
@@ -66,9 +68,10 @@ class Template:
     bg: np.ndarray  # background per reflection (counts/pixel)
     n_bg: np.ndarray  # pixels behind it
     frame_fraction: np.ndarray | None  # rotation: F_f per pixel
+    read_variance: float = 0.0  # σ_read² (photons²)
 
 
-def template(pix, w: Widths) -> Template:
+def template(pix, w: Widths, read_variance: float = 0.0) -> Template:
     """P_p, the foreground and the background for the widths ``w``.
 
     The foreground of a rotation reflection is limited to the frames within
@@ -84,16 +87,17 @@ def template(pix, w: Widths) -> Template:
         P = P * frac
         fg &= profile.frame_window(pix, w.zc, w.sz, w.window_sigma)
     mine = pix.usable & ~(claimed_by_neighbours(pix, fg) & ~fg)
-    bg, n_bg = background(pix, fg, mine)
-    return Template(P, fg, mine, bg, n_bg, frac)
+    bg, n_bg = background(pix, fg, mine, read_variance=read_variance)
+    return Template(P, fg, mine, bg, n_bg, frac, read_variance)
 
 
 def _first_amplitudes(pix, tpl: Template) -> np.ndarray:
     """A first J without any model: the summation integral refined by two profile fits."""
-    j_sum, _, _, _ = summation(pix, tpl.fg, tpl.usable, tpl.bg, tpl.n_bg)
+    j_sum, _, _, _ = summation(pix, tpl.fg, tpl.usable, tpl.bg, tpl.n_bg, tpl.read_variance)
     j_expected = np.maximum(j_sum, 0.0)
     for _ in range(2):
-        j, _ = profile_fit(pix, tpl.P, tpl.usable, tpl.bg, tpl.n_bg, j_expected)
+        j, _ = profile_fit(pix, tpl.P, tpl.usable, tpl.bg, tpl.n_bg, j_expected,
+                           tpl.read_variance)
         j_expected = np.maximum(j, 0.0)
     return j_expected
 
@@ -179,16 +183,17 @@ def cycle_pass(store: Store, widths: Widths, j_expected: np.ndarray | None,
         blk = _read(store, active if b in blocks else _NONE, b)
         pix = blk.pix
         w = widths.select(blk.index)
-        tpl = template(pix, w)
+        tpl = template(pix, w, store.read_variance)
         j_exp = _first_amplitudes(pix, tpl) if j_expected is None else j_expected[blk.index]
-        outliers = outlier_pixels(pix, tpl.P, tpl.usable, tpl.bg, j_exp, threshold)
+        outliers = outlier_pixels(pix, tpl.P, tpl.usable, tpl.bg, j_exp, threshold,
+                                  n_bg=tpl.n_bg, read_variance=tpl.read_variance)
         all_outliers = blk.per_pixel(outliers, False)
         whole = blk.whole
         flags = ((whole.usable & ~all_outliers) * USABLE + whole.overloaded * OVERLOADED
                  + (whole.outlier | all_outliers) * OUTLIER)[blk.pixels]
         store.pixels.write("flags", blk.first_pixel, flags)
         mine = tpl.usable & ~outliers
-        j, var_j = profile_fit(pix, tpl.P, mine, tpl.bg, tpl.n_bg, j_exp)
+        j, var_j = profile_fit(pix, tpl.P, mine, tpl.bg, tpl.n_bg, j_exp, tpl.read_variance)
         values = moment_sums(pix, tpl.fg & mine, tpl.bg, tpl.P, w.zc)
         values.update(j=j, var_j=var_j, bg=tpl.bg)
         if w.zc is not None:
@@ -218,9 +223,11 @@ def final_pass(store: Store, widths: Widths, j_expected: np.ndarray, xyz: np.nda
         pix = blk.pix
         w = widths.select(blk.index)
         boxes = store.boxes.select(blk.index)
-        tpl = template(pix, w)
-        j, var_j = profile_fit(pix, tpl.P, tpl.usable, tpl.bg, tpl.n_bg, j_expected[blk.index])
-        j_sum, var_sum, n_fg, _ = summation(pix, tpl.fg, tpl.usable, tpl.bg, tpl.n_bg)
+        tpl = template(pix, w, store.read_variance)
+        j, var_j = profile_fit(pix, tpl.P, tpl.usable, tpl.bg, tpl.n_bg, j_expected[blk.index],
+                               tpl.read_variance)
+        j_sum, var_sum, n_fg, _ = summation(pix, tpl.fg, tpl.usable, tpl.bg, tpl.n_bg,
+                                            tpl.read_variance)
         values = {
             "j": j, "var_j": var_j, "j_sum": j_sum, "var_sum": var_sum, "n_fg": n_fg,
             "bg": tpl.bg,

@@ -460,12 +460,14 @@ def claimed_by_neighbours(pix: Pixels, foreground: np.ndarray) -> np.ndarray:
 
 
 def background(pix: Pixels, window: np.ndarray, usable: np.ndarray | None = None,
-               n_iter: int = 3, clip: float = 4.0):
+               n_iter: int = 3, clip: float = 4.0, read_variance: float = 0.0):
     """Robust mean background per reflection and the number of pixels behind it.
 
     Uses usable pixels (``usable``, default the store's) outside the
     reflection's foreground ``window``; pixels
-    more than ``clip`` Poisson σ above the current mean are dropped, repeated
+    more than ``clip`` σ above the current mean are dropped (σ² = Bg + σ_read² + 1,
+    ``read_variance`` = σ_read² photons²; the +1 keeps single photons on a nearly empty
+    background), repeated
     ``n_iter`` times (hot pixels, zingers and neighbours' tails never enter).
     The constant background of an unbiased Poisson mean is kept (not a median,
     which is biased low for small counts).  Returns (Bg counts/pixel, n_bg).
@@ -478,5 +480,6 @@ def background(pix: Pixels, window: np.ndarray, usable: np.ndarray | None = None
         w = use.astype(float)
         n = pix.reduce(w)
         bg = pix.reduce(np.where(use, pix.counts, 0.0)) / np.maximum(n, 1)
-        use = use & (pix.counts <= bg[owner] + clip * np.sqrt(np.maximum(bg[owner], 0.0) + 1.0))
+        use = use & (pix.counts <= bg[owner] + clip * np.sqrt(
+            np.maximum(bg[owner], 0.0) + read_variance + 1.0))
     return bg, n
