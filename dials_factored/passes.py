@@ -11,6 +11,8 @@ depend on nproc or on how the reflections are blocked.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +29,8 @@ from dials_factored.shoeboxes import (
     claimed_by_neighbours,
     read_block,
 )
+
+logger = logging.getLogger(f"dials.{__name__}")
 
 
 @dataclass
@@ -79,8 +83,7 @@ def template(pix, w: Widths, read_variance: float = 0.0) -> Template:
     frames are not counted in its moments; pixels in a neighbour's foreground
     are dropped from ours unless they are in our own foreground too.
     """
-    P = profile.tangential(pix, w.ra, w.rb, w.area)
-    fg = profile.window(pix, w.ra, w.rb, w.window_sigma)
+    P, fg = profile.tangential_window(pix, w.ra, w.rb, w.area, w.window_sigma)
     frac = None
     if w.zc is not None:
         frac = profile.frame_fraction(pix, w.zc, w.sz)
@@ -201,10 +204,29 @@ def cycle_pass(store: Store, widths: Widths, j_expected: np.ndarray | None,
         defaults = {k: 0.0 for k in values} | {"var_j": np.inf, "z_first": -1, "z_last": -2}
         out = blk.own_results(values, defaults, store.plan.core(b)[0])
         out["n_new"] = np.array([int(all_outliers[blk.pixels].sum())])
+        out["n_pixels"] = np.array([len(pix.counts)])
+        out["seconds"] = np.array([time.perf_counter() - t0])
         return out
 
+    def timed(b: int) -> dict:
+        nonlocal t0
+        t0 = time.perf_counter()
+        return task(b)
+
+    t0 = 0.0
     blocks = range(store.plan.n_blocks) if blocks is None else blocks
-    return _concatenate(ordered_map(task, store.plan.n_blocks, nproc))
+    wall = time.perf_counter()
+    out = _concatenate(ordered_map(timed, store.plan.n_blocks, nproc))
+    log_rate("cycle pass", out.pop("n_pixels"), out.pop("seconds"), time.perf_counter() - wall)
+    return out
+
+
+def log_rate(name: str, n_pixels: np.ndarray, seconds: np.ndarray, wall: float) -> None:
+    """Log a pass's pixel rate: pixels (with halos) per second of block work per process."""
+    n, busy = int(n_pixels.sum()), float(seconds.sum())
+    if n:
+        logger.info("%s: %d pixels in %.2f s of block work (%.2f M pixels/s per process), "
+                    "%.2f s wall", name, n, busy, n / max(busy, 1e-9) / 1e6, wall)
 
 
 def final_pass(store: Store, widths: Widths, j_expected: np.ndarray, xyz: np.ndarray,

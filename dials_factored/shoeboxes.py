@@ -454,9 +454,9 @@ def claimed_by_neighbours(pix: Pixels, foreground: np.ndarray) -> np.ndarray:
     carries the neighbour's photons and must not count as this reflection's
     background (nor, outside its own foreground, enter its profile fit).
     """
-    claims = np.bincount(pix.site, weights=foreground, minlength=int(pix.site.max()) + 1
-                         if len(pix.site) else 0)
-    return claims[pix.site] - foreground > 0
+    from dials_factored import kernels
+
+    return kernels.claimed(pix.site, foreground)
 
 
 def background(pix: Pixels, window: np.ndarray, usable: np.ndarray | None = None,
@@ -472,14 +472,8 @@ def background(pix: Pixels, window: np.ndarray, usable: np.ndarray | None = None
     The constant background of an unbiased Poisson mean is kept (not a median,
     which is biased low for small counts).  Returns (Bg counts/pixel, n_bg).
     """
+    from dials_factored import kernels
+
     use = (pix.usable if usable is None else usable) & ~window
-    owner = pix.owner
-    bg = np.zeros(len(pix.start) - 1)
-    n = np.zeros_like(bg)
-    for _ in range(n_iter + 1):
-        w = use.astype(float)
-        n = pix.reduce(w)
-        bg = pix.reduce(np.where(use, pix.counts, 0.0)) / np.maximum(n, 1)
-        use = use & (pix.counts <= bg[owner] + clip * np.sqrt(
-            np.maximum(bg[owner], 0.0) + read_variance + 1.0))
-    return bg, n
+    return kernels.background(pix.counts, use, pix.start, int(n_iter), float(clip),
+                              float(read_variance))

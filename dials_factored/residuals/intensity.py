@@ -28,6 +28,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import gammainc, ndtr
 
+from dials_factored import kernels
+
 #: A pixel is an outlier only above this many times the model's own peak count: real
 #: spots can be several times sharper at the peak than the Gaussian template (small
 #: molecules, rotation profiles cut by the scan), zingers and hot pixels are more.
@@ -51,20 +53,14 @@ def profile_fit(pix, P, usable, bg, n_bg, j_expected, read_variance: float = 0.0
     Ĵ = J_model): at low background v is dominated by Ĵ·P at the peak, and a
     J_model below the spot's real strength would otherwise understate σ_J.
     """
-    o = pix.owner
     rate = background_rate(bg, n_bg) + read_variance
     jm = np.maximum(j_expected, 0.0)
-    v = rate[o] + jm[o] * P
-    w = np.where(usable, 1.0 / v, 0.0)
-    wp = w * P
-    s_wp = pix.reduce(wp)
-    s_wpp = pix.reduce(wp * P)
-    s_wpd = pix.reduce(wp * np.where(usable, pix.counts - bg[o], 0.0))
+    s_wp, s_wpp, s_wpd, s_extra = kernels.fit_sums(pix.counts, P, usable, pix.start,
+                                                   np.asarray(bg, float), rate, jm)
     ok = s_wpp > 0
     safe = np.where(ok, s_wpp, 1.0)
     j = np.where(ok, s_wpd / safe, 0.0)
-    extra = np.maximum(j - jm, 0.0)  # Ĵ − J_model
-    s_extra = pix.reduce(wp * wp * P)  # Σ w²P³: v̂ = v + (Ĵ − J_model)·P
+    extra = np.maximum(j - jm, 0.0)  # Ĵ − J_model; Σ w²P³ is s_extra: v̂ = v + (Ĵ − J_model)·P
     var = np.where(ok, (s_wpp + extra * s_extra) / safe ** 2, np.inf)
     var += (s_wp / safe) ** 2 * rate / np.maximum(n_bg, 1)
     return j, var
@@ -114,54 +110,21 @@ def outlier_pixels(pix, P, usable, bg, j_expected, threshold: float,
       A spot rises and falls as it passes through the box in φ; a hot pixel does not,
       and its copies on the other frames raise Ĵ enough to hide it from the first test.
     """
-    o = pix.owner
     jhat = np.maximum(j_expected, 0.0)
+    bg = np.asarray(bg, float)
     rate = (np.maximum(bg, 1e-9) if n_bg is None else background_rate(bg, n_bg)) + read_variance
-    v = rate[o] + jhat[o] * P
-    w = np.where(usable, 1.0 / v, 0.0)
-    s_wpp = pix.reduce(w * P * P)
-    fitted = np.where(s_wpp > 0, pix.reduce(w * P * np.where(usable, pix.counts - bg[o], 0.0))
-                      / np.where(s_wpp > 0, s_wpp, 1.0), 0.0)
-    j_ref = np.maximum(jhat, fitted)[o]
-    mu = np.maximum(bg, 0.0)[o] + j_ref * P
-    excess = pix.counts - mu
-    p_max = np.maximum.reduceat(P, pix.start[:-1])[o] if len(P) else np.zeros(0)
-    shifted = mu + read_variance
-    candidate = np.flatnonzero(usable & (excess > threshold * np.sqrt(shifted))
-                               & (excess > peak_factor * j_ref * p_max))
-    against_model = np.zeros(len(o), bool)
+    cand, mu = kernels.outlier_candidates(pix.counts, P, usable, pix.start, bg, rate, jhat,
+                                          float(threshold), float(peak_factor),
+                                          float(read_variance))
+    candidate = np.flatnonzero(cand)
+    against_model = np.zeros(len(pix.counts), bool)
     against_model[candidate] = poisson_tail(pix.counts[candidate] + read_variance,
-                                            shifted[candidate]) < ndtr(-threshold)
-    return usable & (against_model | _hot_positions(pix, usable, bg, threshold, read_variance))
+                                            mu[candidate] + read_variance) < ndtr(-threshold)
+    hot = kernels.hot_positions(pix.counts, usable, pix.frame, pix.start, bg, float(threshold),
+                                float(read_variance), HOT_STEADINESS)
+    return usable & (against_model | hot)
 
 
 def poisson_tail(n, mu):
     """P(X ≥ n) for X ~ Poisson(μ), continued to real n > 0 (γ(n, μ)/Γ(n))."""
     return gammainc(np.maximum(n, 1e-12), np.maximum(mu, 1e-300))
-
-
-def _hot_positions(pix, usable, bg, threshold: float,
-                   read_variance: float = 0.0) -> np.ndarray:
-    """Pixels whose x, y is above the background by ``threshold`` σ on every frame of a
-    box of three or more frames."""
-    o = pix.owner
-    if not pix.frame.any():  # stills (or one frame): no box spans three frames
-        return np.zeros(len(o), bool)
-    first = np.minimum.reduceat(pix.frame, pix.start[:-1])
-    last = np.maximum.reduceat(pix.frame, pix.start[:-1])
-    n_frames = last - first + 1
-    per_frame = np.diff(pix.start) // n_frames
-    column = pix.start[o] + (np.arange(len(o)) - pix.start[o]) % per_frame[o]
-    level = np.maximum(bg, 0.0)[o]
-    high = usable & (pix.counts > level + threshold * np.sqrt(level + read_variance + 1.0))
-    n_high = np.bincount(column, weights=high, minlength=len(o))[column]
-    candidate = np.flatnonzero((n_frames[o] >= 3) & (n_high >= n_frames[o]))
-    hot = np.zeros(len(o), bool)
-    if len(candidate):
-        cols = column[candidate]
-        lowest = np.full(len(o), np.inf)
-        highest = np.zeros(len(o))
-        np.minimum.at(lowest, cols, pix.counts[candidate])
-        np.maximum.at(highest, cols, pix.counts[candidate])
-        hot[candidate] = highest[cols] <= HOT_STEADINESS * lowest[cols]
-    return hot

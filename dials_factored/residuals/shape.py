@@ -34,6 +34,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtr
 
+from dials_factored import kernels
+
 #: Floor (frames²) on σ of the frame moment: a 0.03-frame error of z_c at ½ frame.
 FRAME_MOMENT_FLOOR = 0.03
 
@@ -55,21 +57,14 @@ def moment_sums(pix, use, bg, P, z_centre=None) -> dict:
     the sums of 1, x, x² and P, P·x, P·x² (x = ε1², ε2² and, for rotation data
     with ``z_centre``, (f + ½ − z_c)²) are enough.
     """
-    o = pix.owner
-    d = np.where(use, pix.counts - bg[o], 0.0)
-    one = use.astype(float)
-    p_use = np.where(use, P, 0.0)
-    sums = {"s0": pix.reduce(d), "n": pix.reduce(one), "p": pix.reduce(p_use)}
-    xs = {"a": pix.e1.astype(float) ** 2, "b": pix.e2.astype(float) ** 2}
-    if z_centre is not None:
-        xs["z"] = (pix.frame + 0.5 - z_centre[o]) ** 2
-    for name, x in xs.items():
-        sums[f"d{name}"] = pix.reduce(d * x)
-        sums[f"{name}1"] = pix.reduce(one * x)
-        sums[f"{name}2"] = pix.reduce(one * x * x)
-        sums[f"p{name}1"] = pix.reduce(p_use * x)
-        sums[f"p{name}2"] = pix.reduce(p_use * x * x)
-    return sums
+    rotation = z_centre is not None
+    zc = np.asarray(z_centre, float) if rotation else np.zeros(len(pix.start) - 1)
+    rows = kernels.moment_sums(pix.counts, use, np.asarray(bg, float), P, pix.e1, pix.e2,
+                               pix.frame, pix.start, zc, rotation)
+    keys = ["s0", "n", "p"]
+    for name in ("a", "b", "z") if rotation else ("a", "b"):
+        keys += [f"d{name}", f"{name}1", f"{name}2", f"p{name}1", f"p{name}2"]
+    return dict(zip(keys, rows))
 
 
 def moment(sums: dict, name: str, bg, j_model):
