@@ -184,3 +184,16 @@ def test_fit_recovers_scales_and_width():
         cov[layout.log_g.start, layout.log_g.start] * cov[layout.log_r1a.start,
                                                           layout.log_r1a.start])
     assert abs(corr) < 0.1
+
+
+def test_truncation_is_finite_for_a_window_many_widths_wide():
+    """An LM trial step to a tiny R1 gives t ≫ 700: expm1 overflowed and dg was NaN
+    (the rotation fit then failed in lstsq); the large-t form continues the small-t one."""
+    from dials_factored.residuals.shape import truncation
+
+    t = np.array([0.5, 29.9, 30.1, 800.0, 1e6])
+    g, dg = truncation(t)
+    assert np.all(np.isfinite(g)) and np.all(np.isfinite(dg))
+    assert np.allclose(g[-2:], 1.0) and np.all(dg[-2:] >= 0) and dg[-1] < 1e-300
+    g0, dg0 = truncation(np.array([29.999, 30.001]))
+    assert abs(g0[1] - g0[0]) < 1e-9 and abs(dg0[1] - dg0[0]) < 1e-9

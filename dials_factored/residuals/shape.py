@@ -41,11 +41,21 @@ FRAME_MOMENT_FLOOR = 0.03
 
 
 def truncation(t: np.ndarray):
-    """g(t) and dg/dt for the second moment of a 2D Gaussian cut at t = ρ²/R²."""
+    """g(t) and dg/dt for the second moment of a 2D Gaussian cut at t = ρ²/R².
+
+    Beyond t = 30 (a window many widths wide, e.g. an LM trial step to a tiny R1) the
+    same expressions in e^(−t), which do not overflow: g → 1, dg/dt → 0.
+    """
     t = np.maximum(t, 1e-6)
-    em1 = np.expm1(t)
-    g = 1.0 - t / em1
-    dg = (t * np.exp(t) - em1) / em1 ** 2
+    small = np.minimum(t, 30.0)
+    em1 = np.expm1(small)
+    g = 1.0 - small / em1
+    dg = (small * np.exp(small) - em1) / em1 ** 2
+    big = t > 30.0
+    if np.any(big):
+        q = np.exp(-t[big])
+        g[big] = 1.0 - t[big] * q / (1.0 - q)
+        dg[big] = (t[big] * q - q + q * q) / (1.0 - q) ** 2
     return g, dg
 
 
