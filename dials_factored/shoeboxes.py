@@ -341,13 +341,16 @@ def read_block(store: PixelStore, plan: BlockPlan, boxes: Boxes, b: int):
 
     index = h0 + np.flatnonzero(keep)
     start = np.concatenate([[0], np.cumsum(npix[keep])])
-    owner = np.repeat(np.arange(len(index)), np.diff(start))
-    per_layer = ((boxes.x1 - boxes.x0) * (boxes.y1 - boxes.y0))[index][owner]
-    frame = boxes.z0[index][owner] + (np.arange(len(owner)) - start[owner]) // per_layer
+    from dials_factored import kernels
+
+    per_layer = ((boxes.x1 - boxes.x0) * (boxes.y1 - boxes.y0))[index].astype(np.int64)
+    owner, frame = kernels.owners_and_frames(start.astype(np.int64),
+                                             boxes.z0[index].astype(np.int64), per_layer)
     flags = column("flags")
     pix = Pixels(column("counts"), (flags & USABLE) > 0, (flags & OVERLOADED) > 0,
-                 column("e1"), column("e2"), frame.astype(np.int32), start, sites,
+                 column("e1"), column("e2"), frame, start, sites,
                  (flags & OUTLIER) > 0)
+    pix.__dict__["owner"] = owner  # the cached property, already known
     return pix, index, (index >= r0) & (index < r1)
 
 
