@@ -64,16 +64,33 @@ def claimed(site, fg):
 
 @njit(cache=True, nogil=True)
 def background(counts, use0, start, n_iter, clip, read_variance):
-    """Clipped mean background per reflection and the pixels behind it (shoeboxes)."""
+    """Clipped mean background per reflection and the pixels behind it (shoeboxes).
+
+    The clipping stops early once it drops no pixel: the later rounds would repeat
+    the same mean.
+    """
     m = start.shape[0] - 1
     bg = np.zeros(m)
     nb = np.zeros(m)
     for r in range(m):
         p0, p1 = start[r], start[r + 1]
         use = use0[p0:p1].copy()
-        level = 0.0
         n = 0.0
-        for _ in range(n_iter + 1):
+        s = 0.0
+        for j in range(p1 - p0):
+            if use[j]:
+                n += 1.0
+                s += np.float64(counts[p0 + j])
+        level = s / max(n, 1.0)
+        for _ in range(n_iter):
+            lim = level + clip * math.sqrt(max(level, 0.0) + read_variance + 1.0)
+            dropped = False
+            for j in range(p1 - p0):
+                if use[j] and counts[p0 + j] > lim:
+                    use[j] = False
+                    dropped = True
+            if not dropped:
+                break
             n = 0.0
             s = 0.0
             for j in range(p1 - p0):
@@ -81,9 +98,6 @@ def background(counts, use0, start, n_iter, clip, read_variance):
                     n += 1.0
                     s += np.float64(counts[p0 + j])
             level = s / max(n, 1.0)
-            lim = level + clip * math.sqrt(max(level, 0.0) + read_variance + 1.0)
-            for j in range(p1 - p0):
-                use[j] = use[j] and counts[p0 + j] <= lim
         bg[r] = level
         nb[r] = n
     return bg, nb

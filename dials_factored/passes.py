@@ -224,9 +224,10 @@ def cycle_pass(store: Store, widths: Widths, j_expected: np.ndarray | None,
                                   n_bg=tpl.n_bg, read_variance=tpl.read_variance)
         all_outliers = blk.per_pixel(outliers, False)
         whole = blk.whole
-        flags = ((whole.usable & ~all_outliers) * USABLE + whole.overloaded * OVERLOADED
-                 + (whole.outlier | all_outliers) * OUTLIER)[blk.pixels]
-        store.pixels.write("flags", blk.first_pixel, flags)
+        if all_outliers[blk.pixels].any():  # else the stored flags stay as they are
+            flags = ((whole.usable & ~all_outliers) * USABLE + whole.overloaded * OVERLOADED
+                     + (whole.outlier | all_outliers) * OUTLIER)[blk.pixels]
+            store.pixels.write("flags", blk.first_pixel, flags)
         mine = tpl.usable & ~outliers
         j, var_j = profile_fit(pix, tpl.P, mine, tpl.bg, tpl.n_bg, j_exp, tpl.read_variance)
         values = moment_sums(pix, tpl.fg & mine, tpl.bg, tpl.P, w.zc)
