@@ -271,7 +271,7 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
     scratch = tempfile.mkdtemp(prefix="dials_factored_", dir=params.output.scratch)
     try:
         store = Store(PixelStore(scratch, np.concatenate([[0], np.cumsum(n_pixels)])), plan,
-                      boxes)
+                      boxes, float(params.detector.read_noise) ** 2)
         t = time.time()
         try:
             extract(experiments, table, boxes, jobs, plan, store.pixels,

@@ -29,6 +29,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtr
 
+from dials_factored import kernels
+
 
 def effective_widths(r1a: np.ndarray, r1b: np.ndarray, area: np.ndarray):
     """R_eff (Å⁻¹) per reflection along e1 and e2, including pixel sampling."""
@@ -38,10 +40,13 @@ def effective_widths(r1a: np.ndarray, r1b: np.ndarray, area: np.ndarray):
 
 def tangential(pix, ra_eff: np.ndarray, rb_eff: np.ndarray, area: np.ndarray) -> np.ndarray:
     """P_tang at every pixel (fraction of the reflection's photons in that pixel)."""
-    o = pix.owner
-    ra, rb = ra_eff[o], rb_eff[o]
-    arg = (pix.e1 / ra) ** 2 + (pix.e2 / rb) ** 2
-    return (area[o] / (np.pi * ra * rb)) * np.exp(-arg)
+    return tangential_window(pix, ra_eff, rb_eff, area, 0.0)[0]
+
+
+def tangential_window(pix, ra_eff, rb_eff, area, k: float):
+    """P_tang and the foreground :func:`window` of radius ``k`` in one pass."""
+    return kernels.tangential_window(pix.e1, pix.e2, pix.start, *(
+        np.asarray(a, float) for a in (ra_eff, rb_eff, area)), float(k))
 
 
 def frame_fraction(pix, z_centre: np.ndarray, sigma_z: np.ndarray) -> np.ndarray:
@@ -54,14 +59,13 @@ def frame_fraction(pix, z_centre: np.ndarray, sigma_z: np.ndarray) -> np.ndarray
 
 def window(pix, ra_eff: np.ndarray, rb_eff: np.ndarray, k: float) -> np.ndarray:
     """Foreground: pixels inside the ellipse ε1²/Ra² + ε2²/Rb² < k²."""
-    o = pix.owner
-    return (pix.e1 / ra_eff[o]) ** 2 + (pix.e2 / rb_eff[o]) ** 2 < k * k
+    return tangential_window(pix, ra_eff, rb_eff, np.ones(len(ra_eff)), k)[1]
 
 
 def frame_window(pix, z_centre: np.ndarray, sigma_z: np.ndarray, k: float) -> np.ndarray:
     """Rotation foreground along φ: frames whose centre is within k·σ_z + ½ of z_c."""
-    o = pix.owner
-    return np.abs(pix.frame + 0.5 - z_centre[o]) <= k * sigma_z[o] + 0.5
+    return kernels.frame_window(pix.frame, pix.start, np.asarray(z_centre, float),
+                                np.asarray(sigma_z, float), float(k))
 
 
 def recorded_fraction(z_centre: np.ndarray, sigma_z: np.ndarray, lo: np.ndarray,

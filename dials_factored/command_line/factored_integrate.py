@@ -56,6 +56,12 @@ detector {
     .type = float(value_min=0)
     .help = "Detector gain (counts per photon); pixel values are divided by it so"
             "that the Poisson model holds (e.g. 25 for a CSPAD in ADU)."
+  read_noise = 0.0
+    .type = float(value_min=0)
+    .help = "Read noise of an integrating detector (photons rms per pixel, after the"
+            "gain; 0 for photon counting).  The model variance of a pixel becomes"
+            "Bg + J·P + read_noise²; pixel values below zero are then data (set the"
+            "detector's trusted range low enough that they are not masked)."
 }
 beam {
   bandwidth = 0.0

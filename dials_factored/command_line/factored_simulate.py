@@ -128,6 +128,15 @@ detector {
   trusted_max = 1000000
     .type = int(value_min=1)
     .help = "Overload value written into the images (counts)."
+  gain = 1.0
+    .type = float(value_min=0.001)
+    .help = "Counts (ADU) per photon written into the images: pixel value ="
+            "round(gain·(photons + read noise)); integrate with detector.gain equal."
+  read_noise = 0.0
+    .type = float(value_min=0)
+    .help = "Gaussian read noise of an integrating detector (photons rms per pixel),"
+            "added to the Poisson photons; pixel values may then be negative (the"
+            "trusted range's low end is put below them).  0: photon counting."
 }
 background {
   constant = 1.0
