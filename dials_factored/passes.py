@@ -268,8 +268,7 @@ def final_pass(store: Store, widths: Widths, j_expected: np.ndarray, xyz: np.nda
     """The output statistics of every reflection with the fitted widths.
 
     Returns j, var_j (profile fit), j_sum, var_sum, n_fg (summation), bg,
-    coverage (Σ P over usable pixels), recorded (rotation: fraction of the
-    φ profile inside the box), overloaded (in the foreground), centroid (px,
+    coverage (Σ P over usable pixels), overloaded (in the foreground), centroid (px,
     px, frame) and outliers per image (stills: ``image_of_reflection``;
     rotation: frame).  Reflections not ``active`` get J = 0 with infinite variance.
     """
@@ -290,12 +289,8 @@ def final_pass(store: Store, widths: Widths, j_expected: np.ndarray, xyz: np.nda
             "overloaded": pix.reduce((pix.overloaded & tpl.fg).astype(float)) > 0,
             "centroid": _centroids(pix, tpl.fg & tpl.usable, tpl.bg, xyz[blk.index], boxes),
         }
-        if tpl.frame_fraction is not None:
-            per_frame = (boxes.x1 - boxes.x0) * (boxes.y1 - boxes.y0)
-            values["recorded"] = pix.reduce(tpl.frame_fraction) / per_frame
         defaults = {k: 0.0 for k in values} | {"var_j": np.inf, "var_sum": 1.0,
-                                               "overloaded": False, "centroid": xyz,
-                                               "recorded": 1.0}
+                                               "overloaded": False, "centroid": xyz}
         out = blk.own_results(values, defaults, store.plan.core(b)[0])
         whole = blk.whole
         image = (whole.frame if image_of_reflection is None
