@@ -158,7 +158,8 @@ def outlier_candidates(counts, P, usable, start, bg, rate, jhat, threshold, peak
 
 @njit(cache=True, nogil=True)
 def hot_positions(counts, usable, frame, start, bg, threshold, read_variance, steadiness):
-    """The same x, y above the background on every frame of a ≥ 3-frame box, and steady."""
+    """The same x, y above the background on every recorded (usable) frame of a box, at
+    least three of them, and steady."""
     n = counts.shape[0]
     hot = np.zeros(n, np.bool_)
     for r in range(start.shape[0] - 1):
@@ -177,19 +178,23 @@ def hot_positions(counts, usable, frame, start, bg, threshold, read_variance, st
         lim = level + threshold * math.sqrt(level + read_variance + 1.0)
         for c in range(per_frame):
             n_high = 0
+            n_usable = 0
             lo = np.inf
             hi = 0.0
             for i in range(p0 + c, p1, per_frame):
-                if usable[i] and counts[i] > lim:
-                    n_high += 1
-            if n_high < n_frames:
+                if usable[i]:
+                    n_usable += 1
+                    if counts[i] > lim:
+                        n_high += 1
+            if n_usable < 3 or n_high < n_usable:
                 continue
             for i in range(p0 + c, p1, per_frame):
-                lo = min(lo, np.float64(counts[i]))
-                hi = max(hi, np.float64(counts[i]))
+                if usable[i]:
+                    lo = min(lo, np.float64(counts[i]))
+                    hi = max(hi, np.float64(counts[i]))
             if hi <= steadiness * lo:
                 for i in range(p0 + c, p1, per_frame):
-                    hot[i] = True
+                    hot[i] = usable[i]
     return hot
 
 

@@ -120,6 +120,34 @@ def test_hot_pixel_repeated_on_every_frame_of_a_rotation_box_is_masked():
     assert out.sum() == frames
 
 
+def test_hot_pixel_in_a_box_past_the_scan_end_is_masked():
+    """A rotation box whose last two of five frames lie past the scan (unusable pixels):
+    the hot pixel is high on every frame that was recorded, and that is what counts.
+    Before: it had to be high on all five, so it stayed in and gave a weak reflection
+    z = 189 on a simulated sweep with 0.15° mosaicity (boxes reach past the scan)."""
+    layer, area, reff = make_pixels(np.array([3000.0]), 0.0008, 1.0, seed=5)
+    n = len(layer.counts)
+    rng = np.random.default_rng(6)
+    frames = 5
+    counts = np.concatenate([layer.counts if f == 1 else rng.poisson(1.0, n)
+                             for f in range(frames)]).astype(np.float32)
+    hot = 7 * 15 + 10
+    recorded = hot + n * np.arange(3)
+    counts[recorded] += 40000
+    usable = np.repeat(np.arange(frames) < 3, n)  # frames 3 and 4 are past the scan
+    counts[~usable] = 0
+    pix = Pixels(counts, usable, np.zeros(frames * n, bool),
+                 np.tile(layer.e1, frames), np.tile(layer.e2, frames),
+                 np.repeat(np.arange(frames), n).astype(np.int32), np.array([0, frames * n]),
+                 np.arange(frames * n))
+    in_frame = np.repeat((np.arange(frames) == 1).astype(float), n)
+    P = np.tile(profile.tangential(layer, reff, reff, area), frames) * in_frame
+    summed = np.array([counts[usable].sum() - 3 * n])
+    out = outlier_pixels(pix, P, pix.usable, np.ones(1), summed, 8.0)
+    assert out[recorded].all()
+    assert out.sum() == 3
+
+
 def test_truncated_moment_matches_numerics():
     t = np.array([0.5, 2.0, 9.0])
     g, dg = truncation(t)

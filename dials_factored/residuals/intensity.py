@@ -104,9 +104,9 @@ def outlier_pixels(pix, P, usable, bg, j_expected, threshold: float,
       is heavier.)  The second condition keeps the peak pixels of real spots that
       are merely sharper than the Gaussian template; a zinger or hot pixel on
       background or on a weak spot fails both.
-    * **a hot detector position** (rotation boxes of three or more frames): the same
-      x, y is more than ``threshold`` σ above the background on *every* frame of the
-      box, and steady (its highest count at most ``HOT_STEADINESS`` times its lowest).
+    * **a hot detector position** (rotation boxes of three or more recorded frames): the
+      same x, y is more than ``threshold`` σ above the background on *every* recorded
+      frame of the box (frames past the scan are unusable and do not count), and steady (its highest count at most ``HOT_STEADINESS`` times its lowest).
       A spot rises and falls as it passes through the box in φ; a hot pixel does not,
       and its copies on the other frames raise Ĵ enough to hide it from the first test.
     """
