@@ -7,7 +7,8 @@ statistics (J, σ_J, M, σ_M) are fixed numbers; the parameters are
     log G and B per scale node, log R0, log η, log R1a per width node (and log R1b)
 
 Term 1 rows depend on (G, B, R0) only and Term 2 rows on R1 (and, for
-rotation, R0 through the φ moment) only: the Jacobian is block diagonal by
+rotation, the two φ widths R0 and σ_m, held in the log R0 and log η slots, through
+the φ moment) only: the Jacobian is block diagonal by
 construction, which is the point of the factorisation (seed §5).
 """
 
@@ -41,7 +42,7 @@ class Layout:
     n_nodes: int
     n_width: int
     anisotropic: bool
-    n_orient: int = 0  # stills: one (δθx, δθy) pair per still
+    n_orient: int = 0  # stills: one (δθx, δθy, δs) triple per still
 
     @property
     def log_g(self):
@@ -83,8 +84,12 @@ class Layout:
         return slice(self._orient_start + self.n_orient, self._orient_start + 2 * self.n_orient)
 
     @property
+    def cell_scale(self):
+        return slice(self._orient_start + 2 * self.n_orient, self._orient_start + 3 * self.n_orient)
+
+    @property
     def size(self) -> int:
-        return self._orient_start + 2 * self.n_orient
+        return self._orient_start + 3 * self.n_orient
 
 
 @dataclass
@@ -99,12 +104,17 @@ class Priors:
     smooth_log_g: float
     smooth_b: float
     smooth_log_r1: float
+    #: log-normal prior of every R1 node: mean log R1 (of the strong spots) and σ
+    log_r1_mean: float = 0.0
+    log_r1_sigma: float | None = None
     #: σ of the gauge terms mean(log G) = 0 and mean(B) = 0 (only when no external
     #: reference fixes the overall scale): they remove the exact degeneracy of G·I_h
     #: and B with a bootstrapped I_h without biasing anything else.
     gauge_sigma: float | None = None
     #: σ (rad) of the prior on each still's orientation correction δθx, δθy.
     orient_sigma: float = 0.0035
+    #: σ of the prior on each still's relative reciprocal-cell scale correction δs.
+    cell_scale_sigma: float = 0.02
 
 
 @dataclass
@@ -141,16 +151,33 @@ class Observations:
     use_z: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     m_z: np.ndarray = field(default_factory=lambda: np.zeros(0))
     sigma_mz: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    rate: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    rate: np.ndarray = field(default_factory=lambda: np.zeros(0))  # |s0|·|ζ| (Å⁻¹/rad)
+    zeta_unit: np.ndarray = field(default_factory=lambda: np.zeros(0))  # DIALS's ζ
     osc: np.ndarray = field(default_factory=lambda: np.zeros(0))
     z_centre: np.ndarray = field(default_factory=lambda: np.zeros(0))
     z_first: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
     z_last: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
     node_pairs: tuple = (np.zeros(0, int), np.zeros(0, int))
     # stills: ∂ε/∂θ for small crystal rotations about the lab x and y axes (Å⁻¹/rad)
+    # and ∂ε/∂δs for a relative scale δs of the reciprocal cell (Å⁻¹)
     deps_x: np.ndarray | None = None
     deps_y: np.ndarray | None = None
+    deps_s: np.ndarray | None = None
     width_pairs: tuple = (np.zeros(0, int), np.zeros(0, int))
+
+
+def corrected_excitation(eps: np.ndarray, gradients, x: np.ndarray, layout: Layout,
+                         still: np.ndarray) -> np.ndarray:
+    """ε (Å⁻¹) after each still's small corrections, to first order.
+
+    ``gradients`` are ∂ε/∂δθx, ∂ε/∂δθy (Å⁻¹/rad, crystal rotations about the lab x and y
+    axes) and ∂ε/∂δs (Å⁻¹, a relative scale of the reciprocal cell, q → (1 + δs)·q),
+    per reflection; ``still`` is each reflection's still (its scale node).
+    """
+    if not layout.n_orient:
+        return eps
+    blocks = (layout.orient_x, layout.orient_y, layout.cell_scale)
+    return eps + sum(g * x[b][still] for g, b in zip(gradients, blocks))
 
 
 class FactoredTarget:
@@ -196,12 +223,9 @@ class FactoredTarget:
         return scale * i_ref, gb, p, (dlogp_r0, dlogp_eta)
 
     def excitation(self, x: np.ndarray) -> np.ndarray:
-        """ε per reflection with each still's orientation correction (Å⁻¹)."""
+        """ε per reflection with each still's orientation and cell-scale correction (Å⁻¹)."""
         o, lay = self.obs, self.layout
-        if not lay.n_orient:
-            return o.eps
-        return (o.eps + o.deps_x * x[lay.orient_x][o.k0]
-                + o.deps_y * x[lay.orient_y][o.k0])
+        return corrected_excitation(o.eps, (o.deps_x, o.deps_y, o.deps_s), x, lay, o.k0)
 
     def widths(self, x: np.ndarray):
         """R1a, R1b per reflection (Å⁻¹)."""
@@ -260,6 +284,7 @@ class FactoredTarget:
                 d_eps = dj * self._dlogp_deps[s]
                 ent.append((lay.orient_x.start + o.k0[s], d_eps * o.deps_x[s]))
                 ent.append((lay.orient_y.start + o.k0[s], d_eps * o.deps_y[s]))
+                ent.append((lay.cell_scale.start + o.k0[s], d_eps * o.deps_s[s]))
         add(r1, ent)
 
         # Term 2: shape residuals along a and b
@@ -280,13 +305,17 @@ class FactoredTarget:
                 (first + o.b1[s], -dmodel * o.u[s] / sig_m[s]),
             ])
 
-        # Rotation: second moment along φ constrains R0
+        # Rotation: second moment along φ constrains the radial R0 and the angular σ_m
         if not o.stills and o.use_z.any():
             s = o.use_z
-            sz, _ = rotation_sigma_z(float(np.exp(x[lay.log_r0])), o.rate[s], o.osc[s])
+            sz, share_r0, share_m = rotation_sigma_z(
+                float(np.exp(x[lay.log_r0])), float(np.exp(x[lay.log_eta])), o.rate[s],
+                o.zeta_unit[s], o.osc[s])
             model, dmodel = binned_frame_moment(o.z_centre[s], o.z_first[s], o.z_last[s], sz)
-            # σ_z ∝ R0, so ∂M/∂log R0 = ∂M/∂log σ_z
-            add((o.m_z[s] - model) / o.sigma_mz[s], [(lay.log_r0, -dmodel / o.sigma_mz[s])])
+            # ∂M/∂log R0 = ∂M/∂log σ_z · ∂log σ_z/∂log R0 (the radial share), same for σ_m
+            add((o.m_z[s] - model) / o.sigma_mz[s], [
+                (lay.log_r0, -dmodel * share_r0 / o.sigma_mz[s]),
+                (lay.log_eta, -dmodel * share_m / o.sigma_mz[s])])
 
         # Priors: once per run (the data rows of all ranks are summed in the normal
         # equations, so only rank 0 adds them)
@@ -307,9 +336,10 @@ class FactoredTarget:
             [(lay.log_eta, 1.0 / pri.log_eta_sigma)])
         add(x[lay.b] / pri.b_sigma, [(np.arange(lay.b.start, lay.b.stop), 1.0 / pri.b_sigma)])
         if lay.n_orient:
-            for block in (lay.orient_x, lay.orient_y):
+            for block, sigma in ((lay.orient_x, pri.orient_sigma), (lay.orient_y, pri.orient_sigma),
+                                 (lay.cell_scale, pri.cell_scale_sigma)):
                 cols_ = np.arange(block.start, block.stop)
-                add(x[block] / pri.orient_sigma, [(cols_, 1.0 / pri.orient_sigma)])
+                add(x[block] / sigma, [(cols_, 1.0 / sigma)])
         if pri.gauge_sigma:
             n_nodes, w = lay.n_nodes, 1.0 / (lay.n_nodes * pri.gauge_sigma)
             add_row(x[lay.log_g].mean() / pri.gauge_sigma, np.arange(n_nodes), w)
@@ -320,6 +350,11 @@ class FactoredTarget:
                 [(a, -1.0 / pri.smooth_log_g), (b, 1.0 / pri.smooth_log_g)])
             add((x[lay.b][b] - x[lay.b][a]) / pri.smooth_b,
                 [(lay.n_nodes + a, -1.0 / pri.smooth_b), (lay.n_nodes + b, 1.0 / pri.smooth_b)])
+        if pri.log_r1_sigma:
+            for block in {lay.log_r1a.start, lay.log_r1b.start}:
+                cols_ = np.arange(block, block + lay.n_width)
+                add((x[cols_] - pri.log_r1_mean) / pri.log_r1_sigma,
+                    [(cols_, 1.0 / pri.log_r1_sigma)])
         a, b = o.width_pairs
         for block in {lay.log_r1a.start, lay.log_r1b.start}:
             if len(a):
@@ -420,7 +455,8 @@ def normal_equations(r: np.ndarray, jac, n_parameters: int):
 
 def minimise(target: FactoredTarget, x0: np.ndarray, max_iterations: int = 30,
              relative_step: float = 1e-6, relative_decrease: float | None = RELATIVE_DECREASE):
-    """Run scitbx Levenberg–Marquardt; returns (x, objective, iterations, covariance-ish).
+    """Run scitbx Levenberg–Marquardt; returns (x, objective, iterations, covariance-ish,
+    objective at the start).
 
     Stops after ``max_iterations``, when a step is shorter than ``relative_step``
     times the length of the parameter vector, or when a step lowers the objective by
@@ -442,4 +478,4 @@ def minimise(target: FactoredTarget, x0: np.ndarray, max_iterations: int = 30,
         cov = np.linalg.inv(normal_equations(r, jac, len(x))[0].toarray())
     except np.linalg.LinAlgError:
         cov = None
-    return x, end, it.n_iterations, cov
+    return x, end, it.n_iterations, cov, start

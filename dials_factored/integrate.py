@@ -20,13 +20,28 @@ from dials.array_family import flex
 from dials_factored import collective, prediction, profile
 from dials_factored import reference as references
 from dials_factored.arrays import to_numpy
+from dials_factored.diagnostics import (
+    WIDTH_FACTOR,
+    PriorCheck,
+    fit_warnings,
+    implausible_widths,
+    per_still_table,
+)
 from dials_factored.error_model import fit_relative_error
-from dials_factored.fit import FactoredTarget, Layout, Observations, Priors, minimise
+from dials_factored.fit import (
+    FactoredTarget,
+    Layout,
+    Observations,
+    Priors,
+    corrected_excitation,
+    minimise,
+)
 from dials_factored.merging import asu_groups, global_groups, symmetry_of
 from dials_factored.model.partiality import (
     bandwidth_sq,
     rotation_sigma_z,
     rotation_zeta,
+    rotation_zeta_unit,
     stills_partiality,
 )
 from dials_factored.model.scale import build_nodes
@@ -52,6 +67,9 @@ GROSS_EXCESS = 3.0
 #: Stills: reflections are dropped after the first cycle when their partiality is below
 #: ``prediction.partiality_floor`` even with R0_eff this many times the fitted one.
 PRUNE_WIDEN = 1.25
+#: σ of the prior on log R1 that keeps a width fixed (profile.fit_width=false, or auto
+#: after the fitted widths became implausible).
+FIXED_WIDTH_SIGMA = 1e-4
 #: σ of the gauge priors mean(log G) = 0, mean(B) = 0 without an external reference.
 GAUGE_SIGMA = 0.01
 #: Stills are predicted out to excitation_cutoff × R0_eff with R0 this many times its
@@ -116,14 +134,30 @@ def _initial_r1(strong, area_median: float, default: float) -> float:
     return float(np.sqrt(2.0) * max(width, 2.0) / 4.0 * np.sqrt(area_median))
 
 
-def _initial_mosaicity(strong, zeta: np.ndarray, osc_deg: float, default_deg: float) -> float:
-    """Mosaic spread σ_m (rad) for rotation data from the spot finder's z extents."""
-    if strong is None or "bbox" not in strong or len(strong) == 0:
-        return np.radians(default_deg)
-    _, _, _, _, z0, z1 = strong["bbox"].parts()
-    extent = float(np.median(to_numpy(z1 - z0)))
-    sigma_z = max(extent, 1.0) / 4.0
-    return float(np.radians(sigma_z * osc_deg) * np.median(np.abs(zeta)))
+def _initial_phi_widths(strong, rate: np.ndarray, zeta_unit: np.ndarray, osc_deg: float,
+                        mosaicity_deg: float | None, default_deg: float = 0.1):
+    """Initial (R0 Å⁻¹, σ_m rad) of rotation data (see ``model.partiality``).
+
+    The φ width σ_φ of the median reflection comes from the spot finder's z extents
+    (σ_z ≈ extent/4), or from ``mosaicity_deg`` taken as DIALS's σ_m; the two widths
+    start with equal shares of σ_φ² there, and the φ moments of Term 2 split them.
+    """
+    rate_m, zeta_m = float(np.median(rate)), float(np.median(np.abs(zeta_unit)))
+    if mosaicity_deg:
+        sigma_phi = np.sqrt(2.0) * np.radians(mosaicity_deg) / zeta_m
+    elif strong is None or "bbox" not in strong or len(strong) == 0:
+        sigma_phi = np.radians(default_deg) / zeta_m
+    else:
+        _, _, _, _, z0, z1 = strong["bbox"].parts()
+        extent = float(np.median(to_numpy(z1 - z0)))
+        sigma_phi = np.radians(max(extent, 1.0) / 4.0 * osc_deg)
+    return float(sigma_phi * rate_m), float(sigma_phi / np.sqrt(2.0) * zeta_m)
+
+
+def _rotation_geometry(zc, zeta, d, s0_len, osc):
+    """(z_c, |dε/dφ| = |s0||ζ|, DIALS's ζ_u = ζ/sin 2θ, Δφ) per rotation reflection."""
+    sin_2theta = np.sin(2.0 * np.arcsin(np.clip(1.0 / (2.0 * d * s0_len), 0.0, 1.0)))
+    return zc, s0_len * np.abs(zeta), zeta / np.maximum(sin_2theta, 1e-12), osc
 
 
 def run_factored(experiments, strong, params, progress=None) -> Result:
@@ -193,16 +227,16 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         z1 = np.ones(len(table), int)
         zeta = np.zeros(len(table))
         osc = np.zeros(len(table))
-        mosaic = None
     else:
         m2 = np.array([experiments[i].goniometer.get_rotation_axis() for i in
                        range(len(experiments))])[ids]
         zeta = rotation_zeta(m2, s1, s0)
+        zeta_u = rotation_zeta_unit(m2, s1, s0)
         osc = np.array([e.scan.get_oscillation()[1] for e in experiments])[ids]
-        mosaic = (np.radians(params.profile.mosaicity) if params.profile.mosaicity
-                  else _initial_mosaicity(strong, zeta, float(np.median(osc)), 0.1))
-        r0 = mosaic
-        sz, _ = rotation_sigma_z(mosaic, np.abs(zeta), osc)
+        rate = s0_len * np.abs(zeta)
+        r0 = _initial_phi_widths(strong, rate, zeta_u, float(np.median(osc)),
+                                 params.profile.mosaicity)  # (R0, σ_m)
+        sz = rotation_sigma_z(*r0, rate, zeta_u, osc)[0]
         zhalf = np.ceil(np.maximum(params.profile.box_sigma * sz, 1.5)).astype(int)
         z0 = np.floor(zc).astype(int) - zhalf
         z1 = np.floor(zc).astype(int) + zhalf + 1
@@ -243,7 +277,7 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
     scratch = tempfile.mkdtemp(prefix="dials_factored_", dir=params.output.scratch)
     try:
         store = Store(PixelStore(scratch, np.concatenate([[0], np.cumsum(n_pixels)])), plan,
-                      boxes)
+                      boxes, float(params.detector.read_noise) ** 2)
         t = time.time()
         try:
             extract(experiments, table, boxes, jobs, plan, store.pixels,
@@ -294,38 +328,46 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
                       (world.min(float(s2.min())), world.max(float(s2.max()))))
     layout = Layout(nodes.n_nodes, grid.n_bins, params.profile.anisotropic,
                     n_orient=nodes.n_nodes if stills and params.refinement.orientation else 0)
-    deps_x, deps_y = (_excitation_gradients(experiments, ids, table) if stills
-                      else (np.zeros(len(d)), np.zeros(len(d))))
+    deps = (_excitation_gradients(experiments, ids, table) if stills
+            else (np.zeros(len(d)),) * 3)
 
     def excitation(x):
-        """ε with each still's fitted orientation correction (Å⁻¹)."""
-        if not layout.n_orient:
-            return eps
-        return (eps + deps_x * x[layout.orient_x][nodes.k0]
-                + deps_y * x[layout.orient_y][nodes.k0])
+        """ε with each still's fitted orientation and cell-scale correction (Å⁻¹)."""
+        return corrected_excitation(eps, deps, x, layout, nodes.k0)
 
+    # rotation: the radial R0 and the angular σ_m sit in the log R0 and log η slots
+    r0, eta0 = (r0, np.radians(params.partiality.mosaic)) if stills else r0
+    prior_r0, prior_eta = ((params.partiality.log_r0_prior_sigma,
+                            params.partiality.log_mosaic_prior_sigma) if stills else
+                           (params.profile.log_phi_width_prior_sigma,) * 2)
     x = np.zeros(layout.size)
     x[layout.log_r0] = np.log(r0)
-    x[layout.log_eta] = np.log(np.radians(params.partiality.mosaic))
+    x[layout.log_eta] = np.log(eta0)
     x[layout.log_r1a] = np.log(r1_init)
     x[layout.log_r1b] = np.log(r1_init)
     priors = Priors(
         log_r0_mean=np.log(r0),
-        log_r0_sigma=params.partiality.log_r0_prior_sigma,
-        log_eta_mean=np.log(np.radians(params.partiality.mosaic)),
-        log_eta_sigma=params.partiality.log_mosaic_prior_sigma,
+        log_r0_sigma=prior_r0,
+        log_eta_mean=np.log(eta0),
+        log_eta_sigma=prior_eta,
         b_sigma=params.scale.b_prior_sigma,
         smooth_log_g=params.scale.smoothness.log_g,
         smooth_b=params.scale.smoothness.b,
         smooth_log_r1=params.profile.smoothness,
+        log_r1_mean=np.log(r1_init),
+        # a fixed width: a prior so narrow that the widths stay where the spots put them
+        log_r1_sigma=(FIXED_WIDTH_SIGMA if params.profile.fit_width == "false"
+                      else params.profile.log_r1_prior_sigma),
         gauge_sigma=GAUGE_SIGMA if ext_ref is None else None,
         orient_sigma=np.radians(params.refinement.orientation_prior_sigma),
+        cell_scale_sigma=params.refinement.cell_scale_prior_sigma,
     )
-    rotation = None if stills else (zc, zeta, osc)
+    rotation = None if stills else _rotation_geometry(zc, zeta, d, s0_len, osc)
     active = None
     j_expected = None
     history = []
     n_outliers = 0
+    fallback = None
     for cycle in range(params.refinement.n_cycles):
         t_cycle = time.time()
         widths = _widths(x, layout, grid, area, params, rotation)
@@ -361,7 +403,8 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
         expected_now = _expected(j_model_now, j, var_j)
         ma, mb, sa, sb = observed_moments(stats, bg, expected_now)
         strong_now = (j / sigma_j > params.profile.min_i_over_sigma) & (expected_now > 0)
-        use2 = strong_now & np.isfinite(sa) & np.isfinite(sb) & (sa > 0) & (sb > 0)
+        use2 = (strong_now & np.isfinite(sa) & np.isfinite(sb) & (sa > 0) & (sb > 0)
+                & (priors.log_r1_sigma != FIXED_WIDTH_SIGMA))
         k2 = params.profile.window_sigma ** 2
         obs = Observations(
             j=j, sigma_j=sigma_j, i_ref=i_ref, attenuation=attenuation, inv_4d2=inv_4d2,
@@ -369,7 +412,7 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
             use1=(informative & np.isfinite(j) & np.isfinite(sigma_j) & np.isfinite(i_ref)
                   & (sigma_j > 0)),
             group=group, bootstrapped=~external,
-            stills=stills, eps=eps, rbw_sq=rbw_sq, deps_x=deps_x, deps_y=deps_y,
+            stills=stills, eps=eps, rbw_sq=rbw_sq, deps_x=deps[0], deps_y=deps[1], deps_s=deps[2],
             use2=use2, m_a=ma, m_b=mb, sigma_a=sa, sigma_b=sb, area=area,
             window_a=k2 * widths.ra ** 2, window_b=k2 * widths.rb ** 2,
             b0=grid.b0, b1=grid.b1, u=grid.u,
@@ -379,12 +422,12 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
         if not stills:
             mz, smz = observed_frame_moment(stats, bg, expected_now)
             obs.use_z = use2 & np.isfinite(smz) & (smz > 0)
-            obs.m_z, obs.sigma_mz, obs.rate, obs.osc = mz, smz, np.abs(zeta), osc
+            obs.m_z, obs.sigma_mz, obs.rate, obs.zeta_unit, obs.osc = mz, smz, *rotation[1:]
             obs.z_centre = zc
             obs.z_first, obs.z_last = stats["z_first"], stats["z_last"]
         target = FactoredTarget(obs, layout, priors)
         x_old = x.copy()
-        x, objective, n_iter, cov = minimise(target, x, params.refinement.max_iterations)
+        x, objective, n_iter, cov, start = minimise(target, x, params.refinement.max_iterations)
         obs_scale = (_scale(x, layout, nodes, inv_4d2, excitation(x), rbw_sq, stills)
                      * attenuation)
         i_ref = np.where(external, ref_values, references.merged(
@@ -397,9 +440,12 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
                         "× %g); only these are integrated from now on",
                         int(world.sum(int(active.sum()))), int(world.sum(len(active))),
                         params.prediction.partiality_floor, PRUNE_WIDEN)
+        if stills and params.profile.fit_width == "auto" and fallback is None:
+            fallback = _width_fallback(x, layout, priors, r1_init, cycle)
         step = {
             "cycle": cycle + 1,
             "objective": objective,
+            "objective_start": start,
             "iterations": n_iter,
             "n_term1": int(world.sum(int(obs.use1.sum()))),
             "n_term2": int(world.sum(int(use2.sum()))),
@@ -410,13 +456,16 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
             "r1": np.exp(x[layout.log_r1a]).tolist(),
             "seconds": time.time() - t_cycle,
         }
+        if not stills:  # rotation: "r0" is the radial width, with σ_m beside it
+            step["sigma_m_deg"] = float(np.degrees(np.exp(x[layout.log_eta])))
         history.append(step)
         logger.info(
             "Cycle %d: objective %.5g (%d LM iterations), Term-1 %d, Term-2 %d reflections, "
-            "%d new outlier pixels, max |Δlog G| %.4f, max |ΔB| %.3f Å², %s %.5g, %.1f s",
+            "%d new outlier pixels, max |Δlog G| %.4f, max |ΔB| %.3f Å², %s %.5g%s, %.1f s",
             step["cycle"], objective, n_iter, step["n_term1"], step["n_term2"], n_new,
             step["max_shift_log_g"], step["max_shift_b"],
-            "R0" if stills else "mosaicity (rad)", step["r0"], step["seconds"])
+            "R0" if stills else "radial R0 (Å⁻¹)", step["r0"],
+            "" if stills else f", σ_m {step['sigma_m_deg']:.4f}°", step["seconds"])
         tolerance = params.refinement.shift_tolerance
         # a cycle whose LM took no step (its first, damped step was too short) says
         # nothing about convergence: the next cycle's weights may move the optimum
@@ -426,10 +475,12 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
             break
 
     # Final statistics with the fitted model
-    final = final_pass(store, _widths(x, layout, grid, area, params, rotation), j_expected, xyz,
+    final_widths = _widths(x, layout, grid, area, params, rotation)
+    final = final_pass(store, final_widths, j_expected, xyz,
                        ids if stills else None, params.nproc, active, owned)
     j, var_j, bg = final["j"], final["var_j"], final["bg"]
-    recorded = final.get("recorded", np.ones(len(d)))
+    recorded = np.ones(len(d)) if stills else _recorded(experiments, ids, store.boxes,
+                                                         final_widths)
     # the error model from the final fit, applied to the model-expected amplitude
     # (never the observed J)
     eps_final = excitation(x)
@@ -457,7 +508,51 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
         "z_term1": ((j - j_model) / np.sqrt(var_j))[np.isfinite(var_j)],
         "outliers_per_image": final["outliers_per_image"],
     }
+    diagnostics["per_still"] = (_per_still(parameters, experiments, ids, informative, j, n_fg,
+                                           final["outliers_per_image"]) if stills else None)
+    parameters["warnings"] = ([fallback] if fallback else []) + fit_warnings(
+        history, params.refinement.max_iterations, _prior_checks(x, layout, priors, stills),
+        np.exp(x[layout.log_r1a]), r1_init, priors.log_r1_sigma != FIXED_WIDTH_SIGMA,
+        diagnostics["per_still"], n_outliers, int(world.sum(float(n_fg.sum()))))
     return Result(out, parameters, history, timings, diagnostics)
+
+
+def _per_still(parameters, experiments, ids, informative, j, n_fg, outliers_per_image) -> dict:
+    """The per-still diagnostics table, summed over MPI ranks."""
+    world = collective.world()
+    n_still = len(experiments)
+    return per_still_table(
+        parameters["nodes"],
+        world.sum(np.bincount(ids[informative & np.isfinite(j)], minlength=n_still)),
+        world.sum(np.pad(outliers_per_image, (0, n_still))[:n_still]),
+        world.sum(np.bincount(ids, weights=n_fg, minlength=n_still)))
+
+
+def _width_fallback(x, layout, priors, r1_init: float, cycle: int) -> str | None:
+    """Fix R1 at the strong spots' width (in ``x`` and ``priors``) if the fit ran away from it.
+
+    Returns the warning, or None when the widths are plausible.
+    """
+    r1 = np.exp(x[layout.log_r1a])
+    if not implausible_widths(r1, r1_init):
+        return None
+    warning = (f"fitted R1(d) ({' '.join(f'{r:.5f}' for r in r1)} Å⁻¹) ran more than "
+               f"{WIDTH_FACTOR:g}× from the strong spots' width {r1_init:.5f} Å⁻¹ in cycle "
+               f"{cycle + 1}: R1 fixed at that width from then on (profile.fit_width=auto)")
+    logger.warning("Warning: %s", warning)
+    x[layout.log_r1a] = x[layout.log_r1b] = np.log(r1_init)
+    priors.log_r1_sigma = FIXED_WIDTH_SIGMA
+    return warning
+
+
+def _prior_checks(x, layout, priors, stills) -> list[PriorCheck]:
+    """The global widths against their log-normal priors."""
+    if not stills:
+        return []
+    return [PriorCheck("R0 (Å⁻¹)", float(np.exp(x[layout.log_r0])), priors.log_r0_mean,
+                       priors.log_r0_sigma),
+            PriorCheck("mosaic spread η (rad)", float(np.exp(x[layout.log_eta])),
+                       priors.log_eta_mean, priors.log_eta_sigma)]
 
 
 def _widths(x, layout, grid, area, params, rotation) -> Widths:
@@ -469,9 +564,18 @@ def _widths(x, layout, grid, area, params, rotation) -> Widths:
     ra_eff, rb_eff = profile.effective_widths(ra, rb, area)
     if rotation is None:
         return Widths(ra_eff, rb_eff, area, params.profile.window_sigma)
-    zc, zeta, osc = rotation
-    sz, _ = rotation_sigma_z(float(np.exp(x[layout.log_r0])), np.abs(zeta), osc)
+    zc, rate, zeta_unit, osc = rotation
+    sz = rotation_sigma_z(float(np.exp(x[layout.log_r0])), float(np.exp(x[layout.log_eta])),
+                          rate, zeta_unit, osc)[0]
     return Widths(ra_eff, rb_eff, area, params.profile.window_sigma, zc, sz)
+
+
+def _recorded(experiments, ids, boxes, widths: Widths) -> np.ndarray:
+    """Rotation: the fraction of each φ profile on the frames of its box inside the scan."""
+    scan_range = np.array([e.scan.get_array_range() for e in experiments])[ids]
+    lo = np.maximum(boxes.z0, scan_range[:, 0])
+    hi = np.minimum(boxes.z1, scan_range[:, 1])
+    return profile.recorded_fraction(widths.zc, widths.sz, lo, hi)
 
 
 def _relative_error(group, j, var_j, obs_scale, informative) -> float:
@@ -529,12 +633,14 @@ def _row_keys(table) -> np.ndarray:
 
 
 def apply_orientation_corrections(experiments, parameters, table=None) -> int:
-    """Rotate each still's crystal by its fitted correction (A → R(ω)·A); returns how many.
+    """Correct each still's crystal by its fitted rotation and cell scale
+    (A → (1 + δs)·R(ω)·A); returns how many.
 
-    ω = (δθx, δθy, 0) in the lab frame, as fitted by the stills post-refinement (to first
-    order ε moves by ŝ1·(ω×q), see ``_excitation_gradients``).  With ``table`` (the output
-    reflections) the predicted geometry of the rotated stills' rows is recomputed from the
-    new A, so that table and experiments agree (see ``_repredict_stills``).
+    ω = (δθx, δθy, 0) in the lab frame and δs, as fitted by the stills post-refinement (to
+    first order ε moves by ŝ1·(ω×q) + δs·ŝ1·q, see ``_excitation_gradients``).  With
+    ``table`` (the output reflections) the predicted geometry of the corrected stills' rows
+    is recomputed from the new A, so that table and experiments agree (see
+    ``_repredict_stills``).
     """
     from scitbx import matrix
 
@@ -547,7 +653,7 @@ def apply_orientation_corrections(experiments, parameters, table=None) -> int:
             node["rotation_x_deg"], deg=True)
             * matrix.col((0.0, 1.0, 0.0)).axis_and_angle_as_r3_rotation_matrix(
             node["rotation_y_deg"], deg=True))
-        crystal.set_A(rot * matrix.sqr(crystal.get_A()))
+        crystal.set_A((1.0 + node.get("cell_scale", 0.0)) * rot * matrix.sqr(crystal.get_A()))
         rotated.append(node["experiment"])
     if table is not None and rotated and len(table):
         _repredict_stills(table, experiments, rotated)
@@ -624,19 +730,25 @@ def _scale(x, layout, nodes, inv_4d2, eps, rbw_sq, stills):
 
 
 def _excitation_gradients(experiments, ids, table):
-    """∂ε/∂θ (Å⁻¹/rad) for small rotations of each still's crystal about lab x and y.
+    """∂ε/∂θx, ∂ε/∂θy (Å⁻¹/rad) and ∂ε/∂δs (Å⁻¹) of each still's reflections.
 
     A rotation ω of the crystal moves q = A·h by ω×q, and ε = |q + s0| − |s0| changes
     by ŝ1·(ω×q).  Rotations about the beam (z) leave ε unchanged to first order and are
-    fixed by the spot positions, so only x and y are refined.
+    fixed by the spot positions, so only x and y are refined.  A relative scale δs of
+    the reciprocal cell (A → (1 + δs)·A) moves q by δs·q and ε by δs·ŝ1·q
+    = δs·λ/(2d²) on the sphere: the excitation error of a cell (or wavelength) that is
+    off by a fraction, which grows as 1/d² and which a mosaic spread cannot mimic
+    without widening every partiality.  Stills indexing leaves such errors of about 1 %
+    (the cell scale is weakly fixed by spot positions on a flat detector).
     """
     s1 = to_numpy(table["s1"])
     u1 = s1 / np.linalg.norm(s1, axis=1)[:, None]
     hkl = to_numpy(table["miller_index"]).astype(float)
     a_mats = np.array([np.asarray(e.crystal.get_A()).reshape(3, 3) for e in experiments])
     q = np.einsum("nij,nj->ni", a_mats[ids], hkl)
-    return tuple(np.einsum("ij,ij->i", u1, np.cross(axis, q))
-                 for axis in (np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])))
+    rotations = tuple(np.einsum("ij,ij->i", u1, np.cross(axis, q))
+                      for axis in (np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])))
+    return rotations + (np.einsum("ij,ij->i", u1, q),)
 
 
 def _partiality(x, layout, eps, inv_4d2, rbw_sq):
@@ -745,21 +857,27 @@ def _parameter_summary(x, layout, nodes, grid, stills, cov, experiments):
         "r1_b": np.exp(x[layout.log_r1b]).tolist(),
     }
     if layout.n_orient:
-        for node, tx, ty in zip(summary["nodes"], x[layout.orient_x], x[layout.orient_y]):
+        for node, tx, ty, ds in zip(summary["nodes"], x[layout.orient_x], x[layout.orient_y],
+                                    x[layout.cell_scale]):
             node["rotation_x_deg"] = float(np.degrees(tx))
             node["rotation_y_deg"] = float(np.degrees(ty))
+            node["cell_scale"] = float(ds)
     if stills:
         summary["r0"] = float(np.exp(x[layout.log_r0]))
         summary["mosaic_deg"] = float(np.degrees(np.exp(x[layout.log_eta])))
     else:
-        summary["mosaicity_deg"] = float(np.degrees(np.exp(x[layout.log_r0])))
+        # σ_m as DIALS's sigma_m (degrees, e3 frame); the radial R0 in Å⁻¹
+        summary["sigma_m_deg"] = float(np.degrees(np.exp(x[layout.log_eta])))
+        summary["mosaicity_deg"] = summary["sigma_m_deg"]
+        summary["radial_r0"] = float(np.exp(x[layout.log_r0]))
     if cov is not None:
         idx = [layout.log_g.start, layout.b.start, layout.log_r1a.start, layout.log_r0]
+        idx += [] if stills else [layout.log_eta]
         sub = cov[np.ix_(idx, idx)]
         sd = np.sqrt(np.maximum(np.diag(sub), 1e-300))
         summary["correlation"] = {
             "parameters": ["log G (first node)", "B (first node)", "log R1 (first bin)",
-                           "log R0" if stills else "log mosaicity"],
+                           *(["log R0"] if stills else ["log R0 (radial)", "log σ_m"])],
             "matrix": (sub / np.outer(sd, sd)).tolist(),
         }
     return summary

@@ -11,11 +11,13 @@ depend on nproc or on how the reflections are blocked.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from dials_factored import profile
+from dials_factored import kernels, profile
 from dials_factored.parallel import ordered_map
 from dials_factored.pixel_store import OUTLIER, OVERLOADED, USABLE, BlockPlan, PixelStore
 from dials_factored.residuals.intensity import outlier_pixels, profile_fit, summation
@@ -28,14 +30,18 @@ from dials_factored.shoeboxes import (
     read_block,
 )
 
+logger = logging.getLogger(f"dials.{__name__}")
+
 
 @dataclass
 class Store:
-    """The pixels and what is needed to read them: the store, its blocks and boxes."""
+    """The pixels and what is needed to read them: the store, its blocks and boxes, and
+    the detector's read-noise variance σ_read² (photons², 0 for photon counting)."""
 
     pixels: PixelStore
     plan: BlockPlan
     boxes: Boxes
+    read_variance: float = 0.0
 
 
 @dataclass
@@ -66,9 +72,10 @@ class Template:
     bg: np.ndarray  # background per reflection (counts/pixel)
     n_bg: np.ndarray  # pixels behind it
     frame_fraction: np.ndarray | None  # rotation: F_f per pixel
+    read_variance: float = 0.0  # σ_read² (photons²)
 
 
-def template(pix, w: Widths) -> Template:
+def template(pix, w: Widths, read_variance: float = 0.0) -> Template:
     """P_p, the foreground and the background for the widths ``w``.
 
     The foreground of a rotation reflection is limited to the frames within
@@ -76,24 +83,56 @@ def template(pix, w: Widths) -> Template:
     frames are not counted in its moments; pixels in a neighbour's foreground
     are dropped from ours unless they are in our own foreground too.
     """
-    P = profile.tangential(pix, w.ra, w.rb, w.area)
-    fg = profile.window(pix, w.ra, w.rb, w.window_sigma)
+    P, fg = profile.tangential_window(pix, w.ra, w.rb, w.area, w.window_sigma)
     frac = None
     if w.zc is not None:
-        frac = profile.frame_fraction(pix, w.zc, w.sz)
+        frac = _frame_fraction(pix, w.zc, w.sz)
         P = P * frac
         fg &= profile.frame_window(pix, w.zc, w.sz, w.window_sigma)
     mine = pix.usable & ~(claimed_by_neighbours(pix, fg) & ~fg)
-    bg, n_bg = background(pix, fg, mine)
-    return Template(P, fg, mine, bg, n_bg, frac)
+    bg, n_bg = background(pix, fg, mine, read_variance=read_variance)
+    return Template(P, fg, mine, bg, n_bg, frac, read_variance)
+
+
+@dataclass
+class _Layers:
+    """One entry per (reflection, frame) of a block's boxes, for per-frame functions of
+    the pixels (``owner``, ``frame``, ``start`` as in :class:`Pixels`)."""
+
+    owner: np.ndarray
+    frame: np.ndarray
+    start: np.ndarray
+
+
+def _frame_fraction(pix, zc, sz) -> np.ndarray:
+    """``profile.frame_fraction`` per pixel, evaluated once per frame of each box.
+
+    F_f depends on the pixel only through its reflection and frame, and a box holds
+    whole frame layers (frame = z0 + offset // pixels per layer), so it is evaluated
+    on the layers and spread to their pixels.
+    """
+    start = pix.start
+    npix = np.diff(start)
+    has = npix > 0
+    first = np.zeros(len(npix), np.int64)
+    last = np.full(len(npix), -1, np.int64)
+    first[has] = pix.frame[start[:-1][has]]
+    last[has] = pix.frame[start[1:][has] - 1]
+    n_layers = last - first + 1
+    layer_start = np.concatenate([[0], np.cumsum(n_layers)])
+    owner = np.repeat(np.arange(len(npix)), n_layers)
+    frame = (first[owner] + np.arange(len(owner)) - layer_start[owner]).astype(pix.frame.dtype)
+    per_layer = profile.frame_fraction(_Layers(owner, frame, layer_start), zc, sz)
+    return kernels.spread_layers(np.asarray(per_layer, float), layer_start, start)
 
 
 def _first_amplitudes(pix, tpl: Template) -> np.ndarray:
     """A first J without any model: the summation integral refined by two profile fits."""
-    j_sum, _, _, _ = summation(pix, tpl.fg, tpl.usable, tpl.bg, tpl.n_bg)
+    j_sum, _, _, _ = summation(pix, tpl.fg, tpl.usable, tpl.bg, tpl.n_bg, tpl.read_variance)
     j_expected = np.maximum(j_sum, 0.0)
     for _ in range(2):
-        j, _ = profile_fit(pix, tpl.P, tpl.usable, tpl.bg, tpl.n_bg, j_expected)
+        j, _ = profile_fit(pix, tpl.P, tpl.usable, tpl.bg, tpl.n_bg, j_expected,
+                           tpl.read_variance)
         j_expected = np.maximum(j, 0.0)
     return j_expected
 
@@ -179,16 +218,18 @@ def cycle_pass(store: Store, widths: Widths, j_expected: np.ndarray | None,
         blk = _read(store, active if b in blocks else _NONE, b)
         pix = blk.pix
         w = widths.select(blk.index)
-        tpl = template(pix, w)
+        tpl = template(pix, w, store.read_variance)
         j_exp = _first_amplitudes(pix, tpl) if j_expected is None else j_expected[blk.index]
-        outliers = outlier_pixels(pix, tpl.P, tpl.usable, tpl.bg, j_exp, threshold)
+        outliers = outlier_pixels(pix, tpl.P, tpl.usable, tpl.bg, j_exp, threshold,
+                                  n_bg=tpl.n_bg, read_variance=tpl.read_variance)
         all_outliers = blk.per_pixel(outliers, False)
         whole = blk.whole
-        flags = ((whole.usable & ~all_outliers) * USABLE + whole.overloaded * OVERLOADED
-                 + (whole.outlier | all_outliers) * OUTLIER)[blk.pixels]
-        store.pixels.write("flags", blk.first_pixel, flags)
+        if all_outliers[blk.pixels].any():  # else the stored flags stay as they are
+            flags = ((whole.usable & ~all_outliers) * USABLE + whole.overloaded * OVERLOADED
+                     + (whole.outlier | all_outliers) * OUTLIER)[blk.pixels]
+            store.pixels.write("flags", blk.first_pixel, flags)
         mine = tpl.usable & ~outliers
-        j, var_j = profile_fit(pix, tpl.P, mine, tpl.bg, tpl.n_bg, j_exp)
+        j, var_j = profile_fit(pix, tpl.P, mine, tpl.bg, tpl.n_bg, j_exp, tpl.read_variance)
         values = moment_sums(pix, tpl.fg & mine, tpl.bg, tpl.P, w.zc)
         values.update(j=j, var_j=var_j, bg=tpl.bg)
         if w.zc is not None:
@@ -196,10 +237,29 @@ def cycle_pass(store: Store, widths: Widths, j_expected: np.ndarray | None,
         defaults = {k: 0.0 for k in values} | {"var_j": np.inf, "z_first": -1, "z_last": -2}
         out = blk.own_results(values, defaults, store.plan.core(b)[0])
         out["n_new"] = np.array([int(all_outliers[blk.pixels].sum())])
+        out["n_pixels"] = np.array([len(pix.counts)])
+        out["seconds"] = np.array([time.perf_counter() - t0])
         return out
 
+    def timed(b: int) -> dict:
+        nonlocal t0
+        t0 = time.perf_counter()
+        return task(b)
+
+    t0 = 0.0
     blocks = range(store.plan.n_blocks) if blocks is None else blocks
-    return _concatenate(ordered_map(task, store.plan.n_blocks, nproc))
+    wall = time.perf_counter()
+    out = _concatenate(ordered_map(timed, store.plan.n_blocks, nproc))
+    log_rate("cycle pass", out.pop("n_pixels"), out.pop("seconds"), time.perf_counter() - wall)
+    return out
+
+
+def log_rate(name: str, n_pixels: np.ndarray, seconds: np.ndarray, wall: float) -> None:
+    """Log a pass's pixel rate: pixels (with halos) per second of block work per process."""
+    n, busy = int(n_pixels.sum()), float(seconds.sum())
+    if n:
+        logger.info("%s: %d pixels in %.2f s of block work (%.2f M pixels/s per process), "
+                    "%.2f s wall", name, n, busy, n / max(busy, 1e-9) / 1e6, wall)
 
 
 def final_pass(store: Store, widths: Widths, j_expected: np.ndarray, xyz: np.ndarray,
@@ -208,8 +268,7 @@ def final_pass(store: Store, widths: Widths, j_expected: np.ndarray, xyz: np.nda
     """The output statistics of every reflection with the fitted widths.
 
     Returns j, var_j (profile fit), j_sum, var_sum, n_fg (summation), bg,
-    coverage (Σ P over usable pixels), recorded (rotation: fraction of the
-    φ profile inside the box), overloaded (in the foreground), centroid (px,
+    coverage (Σ P over usable pixels), overloaded (in the foreground), centroid (px,
     px, frame) and outliers per image (stills: ``image_of_reflection``;
     rotation: frame).  Reflections not ``active`` get J = 0 with infinite variance.
     """
@@ -218,9 +277,11 @@ def final_pass(store: Store, widths: Widths, j_expected: np.ndarray, xyz: np.nda
         pix = blk.pix
         w = widths.select(blk.index)
         boxes = store.boxes.select(blk.index)
-        tpl = template(pix, w)
-        j, var_j = profile_fit(pix, tpl.P, tpl.usable, tpl.bg, tpl.n_bg, j_expected[blk.index])
-        j_sum, var_sum, n_fg, _ = summation(pix, tpl.fg, tpl.usable, tpl.bg, tpl.n_bg)
+        tpl = template(pix, w, store.read_variance)
+        j, var_j = profile_fit(pix, tpl.P, tpl.usable, tpl.bg, tpl.n_bg, j_expected[blk.index],
+                               tpl.read_variance)
+        j_sum, var_sum, n_fg, _ = summation(pix, tpl.fg, tpl.usable, tpl.bg, tpl.n_bg,
+                                            tpl.read_variance)
         values = {
             "j": j, "var_j": var_j, "j_sum": j_sum, "var_sum": var_sum, "n_fg": n_fg,
             "bg": tpl.bg,
@@ -231,13 +292,9 @@ def final_pass(store: Store, widths: Widths, j_expected: np.ndarray, xyz: np.nda
         values["centroid"] = centre
         values["centroid_variance"] = _centroid_variances(pix, tpl.fg & tpl.usable, tpl.bg,
                                                           centre, boxes)
-        if tpl.frame_fraction is not None:
-            per_frame = (boxes.x1 - boxes.x0) * (boxes.y1 - boxes.y0)
-            values["recorded"] = pix.reduce(tpl.frame_fraction) / per_frame
         defaults = {k: 0.0 for k in values} | {"var_j": np.inf, "var_sum": 1.0,
                                                "overloaded": False, "centroid": xyz,
-                                               "centroid_variance": 1.0 / 12.0,
-                                               "recorded": 1.0}
+                                               "centroid_variance": 1.0 / 12.0}
         out = blk.own_results(values, defaults, store.plan.core(b)[0])
         whole = blk.whole
         image = (whole.frame if image_of_reflection is None

@@ -11,22 +11,25 @@ equals Rb (radial) unless the anisotropic option is on.  Sampling the profile
 at pixel centres adds the pixel's own variance a²/12 per direction (a = √A),
 so the widths used are R_eff² = R1² + a²/6.
 
-Rotation data add the rotation direction: a reciprocal-lattice point smeared
-radially as exp(−ε_r²/R0²) crosses the Ewald sphere at the rate
-|dε_r/dφ| = |ŝ1·(m2 × q)| (Å⁻¹/rad), so its photons are spread in φ as a
-Gaussian of σ_φ = R0/(√2 |dε_r/dφ|).  The fraction recorded on frame f
+Rotation data add the rotation direction: the photons are spread in φ as a
+Gaussian whose σ_φ combines the radial width R0 and the angular mosaic spread σ_m,
+σ_φ² = R0²/(2 |dε/dφ|²) + σ_m²/ζ_u² (see ``model.partiality``).  The fraction recorded on frame f
 (covering [f, f+1) in frame units, φ-centre z_c) is
 
     F_f = Φ((f + 1 − z_c)/σ_z) − Φ((f − z_c)/σ_z),   σ_z = σ_φ/Δφ
 
 and P_p = P_tang · F_f, so Σ over all frames is 1 and J estimates the full
-reflection even when the box or the scan cuts it.
+reflection even when the box or the scan cuts it.  The recorded fraction (the output
+``partiality``) sums F_f over the frames of the box that lie inside the scan only:
+frames before the first or after the last image hold no pixels.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.special import ndtr
+
+from dials_factored import kernels
 
 
 def effective_widths(r1a: np.ndarray, r1b: np.ndarray, area: np.ndarray):
@@ -37,10 +40,13 @@ def effective_widths(r1a: np.ndarray, r1b: np.ndarray, area: np.ndarray):
 
 def tangential(pix, ra_eff: np.ndarray, rb_eff: np.ndarray, area: np.ndarray) -> np.ndarray:
     """P_tang at every pixel (fraction of the reflection's photons in that pixel)."""
-    o = pix.owner
-    ra, rb = ra_eff[o], rb_eff[o]
-    arg = (pix.e1 / ra) ** 2 + (pix.e2 / rb) ** 2
-    return (area[o] / (np.pi * ra * rb)) * np.exp(-arg)
+    return tangential_window(pix, ra_eff, rb_eff, area, 0.0)[0]
+
+
+def tangential_window(pix, ra_eff, rb_eff, area, k: float):
+    """P_tang and the foreground :func:`window` of radius ``k`` in one pass."""
+    return kernels.tangential_window(pix.e1, pix.e2, pix.start, *(
+        np.asarray(a, float) for a in (ra_eff, rb_eff, area)), float(k))
 
 
 def frame_fraction(pix, z_centre: np.ndarray, sigma_z: np.ndarray) -> np.ndarray:
@@ -53,11 +59,21 @@ def frame_fraction(pix, z_centre: np.ndarray, sigma_z: np.ndarray) -> np.ndarray
 
 def window(pix, ra_eff: np.ndarray, rb_eff: np.ndarray, k: float) -> np.ndarray:
     """Foreground: pixels inside the ellipse ε1²/Ra² + ε2²/Rb² < k²."""
-    o = pix.owner
-    return (pix.e1 / ra_eff[o]) ** 2 + (pix.e2 / rb_eff[o]) ** 2 < k * k
+    return tangential_window(pix, ra_eff, rb_eff, np.ones(len(ra_eff)), k)[1]
 
 
 def frame_window(pix, z_centre: np.ndarray, sigma_z: np.ndarray, k: float) -> np.ndarray:
     """Rotation foreground along φ: frames whose centre is within k·σ_z + ½ of z_c."""
-    o = pix.owner
-    return np.abs(pix.frame + 0.5 - z_centre[o]) <= k * sigma_z[o] + 0.5
+    return kernels.frame_window(pix.frame, pix.start, np.asarray(z_centre, float),
+                                np.asarray(sigma_z, float), float(k))
+
+
+def recorded_fraction(z_centre: np.ndarray, sigma_z: np.ndarray, lo: np.ndarray,
+                      hi: np.ndarray) -> np.ndarray:
+    """Σ F_f over the frames lo ≤ f < hi: Φ((hi − z_c)/σ_z) − Φ((lo − z_c)/σ_z) (per reflection).
+
+    ``lo``/``hi`` are the box's first and end frames clipped to the scan; 0 where empty.
+    """
+    s = np.maximum(sigma_z, 1e-12)
+    frac = ndtr((hi - z_centre) / s) - ndtr((lo - z_centre) / s)
+    return np.where(hi > lo, frac, 0.0)

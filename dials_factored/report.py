@@ -103,6 +103,12 @@ def render(result, shells, title: str = "dials.factored_integrate") -> str:
         corr_html = (f"<h2>Parameter correlations (final fit)</h2><table><tr><th></th>{head}"
                      f"</tr>{body}</table>")
     figs = "".join(f"<h2>{html.escape(t)}</h2>{f}" for t, f in figures(result, shells))
+    warnings = p.get("warnings", [])
+    warn_html = ("<h2>Warnings</h2><ul class='warn'>"
+                 + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul>"
+                 if warnings else "<p>Plausibility checks passed (convergence, priors, widths, "
+                 "outliers).</p>")
+    still_html = _per_still_table(result.diagnostics.get("per_still"))
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <script>{get_plotlyjs()}</script>
@@ -112,11 +118,32 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 8px;te
 <h1>{html.escape(title)}</h1>
 <p>{len(result.table)} reflections; {p['kind']} data; {p.get('outlier_pixels', 0)} outlier
 pixels masked.</p>
+{warn_html}
 <h2>Fit history</h2>
 <table><tr><th>cycle</th><th>objective</th><th>LM iterations</th><th>Term 1 refl.</th>
 <th>Term 2 refl.</th><th>new outlier px</th><th>max |Δlog G|</th><th>max |ΔB|</th></tr>
 {rows}</table>
 {corr_html}
+{still_html}
 {figs}
 </body></html>
 """
+
+
+def _per_still_table(per_still: dict | None) -> str:
+    """The per-still diagnostics (stills only) as an HTML table; implausible rows marked."""
+    if not per_still:
+        return ""
+    rows = []
+    for i, g in enumerate(per_still["G"]):
+        flag = " style='background:#fdd'" if per_still["flag_low_scale"][i] else ""
+        rows.append(
+            f"<tr{flag}><td>{i}</td><td>{g:.3f}</td><td>{per_still['B'][i]:.2f}</td>"
+            f"<td>{per_still['rotation_x_deg'][i]:+.3f}</td>"
+            f"<td>{per_still['rotation_y_deg'][i]:+.3f}</td>"
+            f"<td>{100 * per_still['cell_scale'][i]:+.2f}</td>"
+            f"<td>{per_still['reflections'][i]}</td>"
+            f"<td>{100 * per_still['masked_fraction'][i]:.2f}</td></tr>")
+    return ("<h2>Per still</h2><table><tr><th>experiment</th><th>G</th><th>B (Å²)</th>"
+            "<th>δθx (°)</th><th>δθy (°)</th><th>cell scale (%)</th><th>reflections used</th>"
+            "<th>foreground px masked (%)</th></tr>" + "".join(rows) + "</table>")

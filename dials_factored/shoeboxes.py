@@ -341,13 +341,16 @@ def read_block(store: PixelStore, plan: BlockPlan, boxes: Boxes, b: int):
 
     index = h0 + np.flatnonzero(keep)
     start = np.concatenate([[0], np.cumsum(npix[keep])])
-    owner = np.repeat(np.arange(len(index)), np.diff(start))
-    per_layer = ((boxes.x1 - boxes.x0) * (boxes.y1 - boxes.y0))[index][owner]
-    frame = boxes.z0[index][owner] + (np.arange(len(owner)) - start[owner]) // per_layer
+    from dials_factored import kernels
+
+    per_layer = ((boxes.x1 - boxes.x0) * (boxes.y1 - boxes.y0))[index].astype(np.int64)
+    owner, frame = kernels.owners_and_frames(start.astype(np.int64),
+                                             boxes.z0[index].astype(np.int64), per_layer)
     flags = column("flags")
     pix = Pixels(column("counts"), (flags & USABLE) > 0, (flags & OVERLOADED) > 0,
-                 column("e1"), column("e2"), frame.astype(np.int32), start, sites,
+                 column("e1"), column("e2"), frame, start, sites,
                  (flags & OUTLIER) > 0)
+    pix.__dict__["owner"] = owner  # the cached property, already known
     return pix, index, (index >= r0) & (index < r1)
 
 
@@ -454,29 +457,26 @@ def claimed_by_neighbours(pix: Pixels, foreground: np.ndarray) -> np.ndarray:
     carries the neighbour's photons and must not count as this reflection's
     background (nor, outside its own foreground, enter its profile fit).
     """
-    claims = np.bincount(pix.site, weights=foreground, minlength=int(pix.site.max()) + 1
-                         if len(pix.site) else 0)
-    return claims[pix.site] - foreground > 0
+    from dials_factored import kernels
+
+    return kernels.claimed(pix.site, foreground)
 
 
 def background(pix: Pixels, window: np.ndarray, usable: np.ndarray | None = None,
-               n_iter: int = 3, clip: float = 4.0):
+               n_iter: int = 3, clip: float = 4.0, read_variance: float = 0.0):
     """Robust mean background per reflection and the number of pixels behind it.
 
     Uses usable pixels (``usable``, default the store's) outside the
     reflection's foreground ``window``; pixels
-    more than ``clip`` Poisson σ above the current mean are dropped, repeated
+    more than ``clip`` σ above the current mean are dropped (σ² = Bg + σ_read² + 1,
+    ``read_variance`` = σ_read² photons²; the +1 keeps single photons on a nearly empty
+    background), repeated
     ``n_iter`` times (hot pixels, zingers and neighbours' tails never enter).
     The constant background of an unbiased Poisson mean is kept (not a median,
     which is biased low for small counts).  Returns (Bg counts/pixel, n_bg).
     """
+    from dials_factored import kernels
+
     use = (pix.usable if usable is None else usable) & ~window
-    owner = pix.owner
-    bg = np.zeros(len(pix.start) - 1)
-    n = np.zeros_like(bg)
-    for _ in range(n_iter + 1):
-        w = use.astype(float)
-        n = pix.reduce(w)
-        bg = pix.reduce(np.where(use, pix.counts, 0.0)) / np.maximum(n, 1)
-        use = use & (pix.counts <= bg[owner] + clip * np.sqrt(np.maximum(bg[owner], 0.0) + 1.0))
-    return bg, n
+    return kernels.background(pix.counts, use, pix.start, int(n_iter), float(clip),
+                              float(read_variance))

@@ -35,6 +35,15 @@ if ! /usr/bin/python3 -c "import mpi4py" >/dev/null 2>&1 || ! command -v mpirun 
     >/dev/null
 fi
 
+# 1d. numba (the pixel-pass kernels, dials_factored/kernels.py): Debian's python3-numba,
+#     built for Debian's numpy.
+if ! /usr/bin/python3 -c "import numba" >/dev/null 2>&1; then
+  echo "install: installing Debian's python3-numba (the pixel-pass kernels)"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-numba >/dev/null
+fi
+
 # 2. A venv that sees the system site-packages (DIALS, cctbx, numpy, scipy).
 if [ ! -x "$venv/bin/python" ]; then
   /usr/bin/python3 -m venv --system-site-packages "$venv"

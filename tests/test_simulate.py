@@ -19,7 +19,7 @@ from dials_factored.simulate.images import Background
 #: Small but physical sets: default 1024² detector, few images, fewer samples.
 STILLS_ARGS = ["mode=stills", "seed=3", "n_images=6", "monte_carlo.n_samples=1000"]
 ROTATION_ARGS = ["mode=rotation", "seed=5", "n_images=12", "monte_carlo.n_samples=1000",
-                 "intensity.scale=0.2"]
+                 "intensity.scale=0.2", "crystal.mosaic=0.05"]  # narrow spots (the old default)
 
 
 class Sim:

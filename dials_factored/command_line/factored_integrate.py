@@ -56,6 +56,12 @@ detector {
     .type = float(value_min=0)
     .help = "Detector gain (counts per photon); pixel values are divided by it so"
             "that the Poisson model holds (e.g. 25 for a CSPAD in ADU)."
+  read_noise = 0.0
+    .type = float(value_min=0)
+    .help = "Read noise of an integrating detector (photons rms per pixel, after the"
+            "gain; 0 for photon counting).  The model variance of a pixel becomes"
+            "Bg + J·P + read_noise²; pixel values below zero are then data (set the"
+            "detector's trusted range low enough that they are not masked)."
 }
 beam {
   bandwidth = 0.0
@@ -88,8 +94,14 @@ profile {
             "boxes in the input reflections."
   mosaicity = None
     .type = float(value_min=0)
-    .help = "Initial mosaic spread σ_m (degrees, rotation data). None: from the spot"
-            "finder's z extents."
+    .help = "Initial angular mosaic spread σ_m (degrees, rotation data, DIALS's sigma_m)."
+            "None: from the spot finder's z extents, shared equally with the radial"
+            "width R0 at the median reflection."
+  log_phi_width_prior_sigma = 1.0
+    .type = float(value_min=0)
+    .help = "Rotation: width of the log-normal priors on the radial width R0 and the"
+            "angular mosaic spread σ_m around their initial values."
+    .expert_level = 1
   anisotropic = False
     .type = bool
     .help = "Fit separate widths along the circumferential and radial directions."
@@ -100,6 +112,19 @@ profile {
     .type = float(value_min=0)
     .help = "σ of the prior on log R1 differences between neighbouring nodes."
     .expert_level = 1
+  log_r1_prior_sigma = 0.7
+    .type = float(value_min=0)
+    .help = "σ of the log-normal prior of every R1 node on the initial R1 (the strong"
+            "spots' width): R1 may move by a factor of about 2 from what the spot finder"
+            "saw, not by 4."
+    .expert_level = 1
+  fit_width = *auto true false
+    .type = choice
+    .help = "Fit R1(d) to the spot shapes (Term 2)?  auto: fit, and (stills) when a node"
+            "ends a cycle more than 2× from the strong spots' width, fix every node at"
+            "that width for the remaining cycles (logged as a warning); true: fit and"
+            "only warn; false: keep R1 at its initial value (the strong spots' width)"
+            "and fit only the scales and partialities."
   box_sigma = 4.0
     .type = float(value_min=1)
     .help = "Half-width of the shoebox in units of the initial R1."
@@ -178,6 +203,13 @@ refinement {
   orientation_prior_sigma = 0.2
     .type = float(value_min=0)
     .help = "σ (degrees) of the prior on each still's orientation correction."
+    .expert_level = 1
+  cell_scale_prior_sigma = 0.02
+    .type = float(value_min=0)
+    .help = "Stills: σ of the prior on each still's relative reciprocal-cell scale"
+            "correction δs (q → (1 + δs)·q), refined with the orientation through the"
+            "partialities: a cell or wavelength off by a fraction shifts every excitation"
+            "error by δs·λ/2d², which would otherwise be taken for mosaic spread."
     .expert_level = 1
   min_partiality = 0.1
     .type = float(value_min=0, value_max=1)
@@ -484,8 +516,13 @@ def _log_statistics(result, experiments):
     if "r0" in p:
         logger.info("Fitted R0 = %.5f Å⁻¹, mosaic spread η = %.4f°", p["r0"], p["mosaic_deg"])
     else:
-        logger.info("Fitted mosaicity = %.4f°", p["mosaicity_deg"])
+        logger.info("Fitted φ widths: angular mosaic spread σ_m = %.4f° (DIALS's sigma_m), "
+                    "radial R0 = %.5f Å⁻¹", p["sigma_m_deg"], p["radial_r0"])
     logger.info("Outlier pixels masked (hot pixels, zingers): %d", p["outlier_pixels"])
+    for warning in p.get("warnings", []):
+        logger.warning("Warning: %s", warning)
+    if not p.get("warnings"):
+        logger.info("Plausibility checks passed (convergence, priors, widths, outliers)")
     if "correlation" in p:
         names = p["correlation"]["parameters"]
         logger.info("Parameter correlations (%s):", ", ".join(names))

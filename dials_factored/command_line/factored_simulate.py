@@ -73,7 +73,13 @@ crystal {
   mosaic = None
     .type = float(value_min=0)
     .help = "Mosaic spread (degrees, rms per axis of the block rotation vector)."
-            "None: 0.0286 (0.0005 rad) for stills, 0.05 for rotation."
+            "None: 0.0286 (0.0005 rad) for stills, 0.15 for rotation."
+  phi_spread = domain angular *both
+    .type = choice
+    .help = "Rotation: what spreads a reflection's photons in φ. domain: the finite"
+            "domain size only (radial width √2·σ_dom, σ_φ ∝ 1/|ζ|; mosaic rotation off);"
+            "angular: the mosaic block rotation only (σ_φ = σ_m/|ζ_unit|, DIALS's law;"
+            "domains infinite); both: both (with the defaults the angular part dominates)."
 }
 wilson {
   b = 15
@@ -122,6 +128,15 @@ detector {
   trusted_max = 1000000
     .type = int(value_min=1)
     .help = "Overload value written into the images (counts)."
+  gain = 1.0
+    .type = float(value_min=0.001)
+    .help = "Counts (ADU) per photon written into the images: pixel value ="
+            "round(gain·(photons + read noise)); integrate with detector.gain equal."
+  read_noise = 0.0
+    .type = float(value_min=0)
+    .help = "Gaussian read noise of an integrating detector (photons rms per pixel),"
+            "added to the Poisson photons; pixel values may then be negative (the"
+            "trusted range's low end is put below them).  0: photon counting."
 }
 background {
   constant = 1.0

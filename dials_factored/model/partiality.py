@@ -6,9 +6,35 @@ with ε_r the excitation error (Å⁻¹), R0 the resolution-independent radial w
 (finite domains), η (rad) the mosaic spread, which smears a point at |q| = 1/d
 by η/d, and b the relative rms bandwidth of the beam (a known constant: a
 Gaussian spectrum of rms bλ moves the Ewald sphere by bλ/(2d²) at resolution d).
-R0 and η are global (one per run) with log-normal priors.  Rotation: R0 sets the spread in φ of each
-reflection, σ_φ = R0_eff/(√2 |dε_r/dφ|) (see ``profile``).  R0 is one global
-parameter per run, fitted as log R0 under a log-normal prior.
+R0 and η are global (one per run) with log-normal priors.
+
+Rotation: the φ profile of each reflection is a Gaussian whose variance is the sum of
+two independent physical widths (seed §4, DIALS ``gaussian_rs``):
+
+    σ_φ² = R0²/(2 |s0|² ζ²) + σ_m²/ζ_u²                                   (rad²)
+
+    ζ   = m2·(ŝ1 × ŝ0)        (dimensionless; 1/|ζ| is the Lorentz factor)
+    ζ_u = m2·ê1 = ζ / sin 2θ,  ê1 = s1 × s0 / |s1 × s0|   (DIALS's ``zeta`` column)
+
+Derivation.  A small rotation ω (rad, a vector) of the lattice point q = s1 − s0 moves it
+by ω × q and changes the excitation error ε = |q + s0| − |s0| by
+ŝ1·(ω × q) = ω·(q × ŝ1) = ω·(ŝ1 × s0) = |s0| sin 2θ (ω·ê1): only the component of a
+rotation along ê1 moves a point across the sphere.  The goniometer turning by δφ is
+ω = δφ m2, so dε/dφ = |s0| sin 2θ ζ_u = |s0| ζ.  The reflection is recorded at the δφ
+that cancels the point's own offset from its nominal position:
+
+* radial (finite domains, R0 in Å⁻¹): the point is smeared along the sphere normal as
+  exp(−ε²/R0²), i.e. ε ~ N(0, R0²/2), so δφ = −ε/(|s0| ζ) and σ_φ = R0/(√2 |s0| |ζ|);
+  low-resolution spots (small sin 2θ) are the widest in φ.
+* angular (mosaic blocks rotated by ω_m with N(0, σ_m²) components, σ_m in rad): the
+  ê1 component shifts ε by |s0| sin 2θ ω_m·ê1, so δφ = −ω_m·ê1/ζ_u and
+  σ_φ = σ_m/|ζ_u|, independent of resolution in the e3 frame: exactly DIALS's
+  σ_m (``sigma_m``, reported in degrees).  Beam divergence adds to it in the same way.
+
+The two offsets are independent, so the variances add.  Both are global, fitted as
+log R0 and log σ_m (the stills' log R0 and log η slots of the parameter vector) under
+log-normal priors; the recorded fraction, the φ moment of Term 2 and the box z-extents
+all use this σ_φ (in frames, σ_z = σ_φ/Δφ).
 """
 
 from __future__ import annotations
@@ -35,25 +61,39 @@ def stills_partiality(eps: np.ndarray, r0: float, eta: float, inv_d2: np.ndarray
     return p, common * r0 ** 2, common * mosaic_sq
 
 
+
+
 def rotation_zeta(m2: np.ndarray, s1: np.ndarray, s0: np.ndarray) -> np.ndarray:
     """ζ = m2·(ŝ1 × ŝ0) (dimensionless, per reflection, rows of n×3 arrays).
 
     A reciprocal-lattice point crosses the Ewald sphere at |dε/dφ| = |s0|·|ζ| Å⁻¹ per
     radian, and 1/|ζ| is the Lorentz factor (the L of DIALS's ``lp``).  DIALS's
     ``zeta`` column is m2·ê1 with ê1 the *unit* vector along s1 × s0, larger by
-    1/sin 2θ: the right rate for an angular mosaic spread, not for a radial width in
-    Å⁻¹, which is what R0 is here.
+    1/sin 2θ (:func:`rotation_zeta_unit`): the rate for the angular mosaic spread.
     """
     cross = np.cross(s1, s0)
     return np.einsum("ij,ij->i", m2, cross) / (np.linalg.norm(s1, axis=1)
                                                 * np.linalg.norm(s0, axis=1))
 
 
-def rotation_sigma_z(r0: float, rate: np.ndarray, osc_deg: np.ndarray):
-    """σ_z (frames) and ∂σ_z²/∂ log R0 for rotation reflections.
+def rotation_zeta_unit(m2: np.ndarray, s1: np.ndarray, s0: np.ndarray) -> np.ndarray:
+    """ζ_u = m2·ê1, ê1 = s1 × s0/|s1 × s0| (DIALS's ``zeta``; dimensionless, per row)."""
+    cross = np.cross(s1, s0)
+    norm = np.maximum(np.linalg.norm(cross, axis=1), 1e-300)
+    return np.einsum("ij,ij->i", m2, cross) / norm
 
-    ``rate`` = |dε_r/dφ| (Å⁻¹ per radian), ``osc_deg`` the frame width in degrees.
+
+def rotation_sigma_z(r0: float, sigma_m: float, rate: np.ndarray, zeta_unit: np.ndarray,
+                     osc_deg: np.ndarray):
+    """σ_z (frames) and the shares ∂log σ_z/∂log R0, ∂log σ_z/∂log σ_m per reflection.
+
+    ``r0`` the radial width (Å⁻¹), ``sigma_m`` the angular mosaic spread (rad),
+    ``rate`` = |dε/dφ| = |s0|·|ζ| (Å⁻¹ per radian), ``zeta_unit`` = ζ_u (DIALS's zeta),
+    ``osc_deg`` the frame width in degrees; see the module docstring.  The shares are
+    the fractions of σ_φ² from each width (they add to 1).
     """
-    sigma_phi = r0 / (np.sqrt(2.0) * np.maximum(rate, 1e-6))
-    sz = sigma_phi / np.radians(osc_deg)
-    return sz, 2.0 * sz ** 2
+    radial_sq = r0 ** 2 / (2.0 * np.maximum(rate, 1e-6) ** 2)
+    angular_sq = sigma_m ** 2 / np.maximum(np.abs(zeta_unit), 1e-6) ** 2
+    total_sq = radial_sq + angular_sq
+    sz = np.sqrt(total_sq) / np.radians(osc_deg)
+    return sz, radial_sq / total_sq, angular_sq / total_sq

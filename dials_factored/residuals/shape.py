@@ -34,16 +34,28 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtr
 
+from dials_factored import kernels
+
 #: Floor (frames²) on σ of the frame moment: a 0.03-frame error of z_c at ½ frame.
 FRAME_MOMENT_FLOOR = 0.03
 
 
 def truncation(t: np.ndarray):
-    """g(t) and dg/dt for the second moment of a 2D Gaussian cut at t = ρ²/R²."""
+    """g(t) and dg/dt for the second moment of a 2D Gaussian cut at t = ρ²/R².
+
+    Beyond t = 30 (a window many widths wide, e.g. an LM trial step to a tiny R1) the
+    same expressions in e^(−t), which do not overflow: g → 1, dg/dt → 0.
+    """
     t = np.maximum(t, 1e-6)
-    em1 = np.expm1(t)
-    g = 1.0 - t / em1
-    dg = (t * np.exp(t) - em1) / em1 ** 2
+    small = np.minimum(t, 30.0)
+    em1 = np.expm1(small)
+    g = 1.0 - small / em1
+    dg = (small * np.exp(small) - em1) / em1 ** 2
+    big = t > 30.0
+    if np.any(big):
+        q = np.exp(-t[big])
+        g[big] = 1.0 - t[big] * q / (1.0 - q)
+        dg[big] = (t[big] * q - q + q * q) / (1.0 - q) ** 2
     return g, dg
 
 
@@ -55,21 +67,14 @@ def moment_sums(pix, use, bg, P, z_centre=None) -> dict:
     the sums of 1, x, x² and P, P·x, P·x² (x = ε1², ε2² and, for rotation data
     with ``z_centre``, (f + ½ − z_c)²) are enough.
     """
-    o = pix.owner
-    d = np.where(use, pix.counts - bg[o], 0.0)
-    one = use.astype(float)
-    p_use = np.where(use, P, 0.0)
-    sums = {"s0": pix.reduce(d), "n": pix.reduce(one), "p": pix.reduce(p_use)}
-    xs = {"a": pix.e1.astype(float) ** 2, "b": pix.e2.astype(float) ** 2}
-    if z_centre is not None:
-        xs["z"] = (pix.frame + 0.5 - z_centre[o]) ** 2
-    for name, x in xs.items():
-        sums[f"d{name}"] = pix.reduce(d * x)
-        sums[f"{name}1"] = pix.reduce(one * x)
-        sums[f"{name}2"] = pix.reduce(one * x * x)
-        sums[f"p{name}1"] = pix.reduce(p_use * x)
-        sums[f"p{name}2"] = pix.reduce(p_use * x * x)
-    return sums
+    rotation = z_centre is not None
+    zc = np.asarray(z_centre, float) if rotation else np.zeros(len(pix.start) - 1)
+    rows = kernels.moment_sums(pix.counts, use, np.asarray(bg, float), P, pix.e1, pix.e2,
+                               pix.frame, pix.start, zc, rotation)
+    keys = ["s0", "n", "p"]
+    for name in ("a", "b", "z") if rotation else ("a", "b"):
+        keys += [f"d{name}", f"{name}1", f"{name}2", f"p{name}1", f"p{name}2"]
+    return dict(zip(keys, rows))
 
 
 def moment(sums: dict, name: str, bg, j_model):

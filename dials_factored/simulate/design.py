@@ -24,7 +24,7 @@ from dials_factored.simulate.physics import Spreads, domain_sigma
 
 #: Random streams (second entry of the seed sequence).
 STREAMS = {"intensities": 1, "orientation": 2, "per_image": 3, "hot": 4, "photons": 5,
-           "noise": 6, "zingers": 7}
+           "noise": 6, "zingers": 7, "read_noise": 8}
 
 #: Monte-Carlo samples traced at once (about 0.5 kB each).  A constant, not a parameter:
 #: the random draws are made per batch, so the batch size is part of the random design.
@@ -34,7 +34,7 @@ BATCH_SAMPLES = 100_000
 MODE_DEFAULTS = {
     "stills": {"n_images": 100, "bandwidth": 0.002, "mosaic_deg": math.degrees(0.0005),
                "intensity_scale": 1.0},
-    "rotation": {"n_images": 90, "bandwidth": 0.0002, "mosaic_deg": 0.05,
+    "rotation": {"n_images": 90, "bandwidth": 0.0002, "mosaic_deg": 0.15,
                  "intensity_scale": 0.05},
 }
 
@@ -69,6 +69,8 @@ class Design:
     hot_range: tuple[float, float]
     zinger_rate: float
     zinger_range: tuple[int, int]
+    gain: float = 1.0  # counts (ADU) per photon in the images
+    read_noise: float = 0.0  # photons rms per pixel
     goniometer: object = None
     scan: object = None
     g: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per image / frame centre
@@ -103,6 +105,20 @@ class Design:
         return g, b
 
 
+def phi_width_truth(spreads: Spreads) -> dict:
+    """The true φ widths in the integrator's convention (``model.partiality``).
+
+    radial_r0 (Å⁻¹): R0 of exp(−ε²/R0²) for δ of rms σ_dom along the sphere normal,
+    √2·σ_dom.  sigma_m_deg: the angular spread along ê1, DIALS's sigma_m, which the
+    mosaic rotation (σ_m per axis) and the beam divergence (σ_div per axis, a tilt of
+    s0 about ê1 moves a point across the sphere like a crystal rotation) both feed,
+    √(σ_m² + σ_div²).  The bandwidth adds bλ/(2d²) to the radial width (not included).
+    """
+    return {"radial_r0": math.sqrt(2.0) * spreads.sigma_domain,
+            "sigma_m_deg": math.degrees(math.hypot(spreads.mosaic, spreads.divergence)),
+            "sigma_m_crystal_deg": math.degrees(spreads.mosaic)}
+
+
 def resolve(params) -> Design:
     """Build the :class:`Design` of the extracted phil parameters."""
     mode = params.mode
@@ -121,13 +137,21 @@ def resolve(params) -> Design:
     size = tuple(int(n) for n in params.detector.size)
     distance = params.detector.distance or geometry.corner_distance(
         size, params.detector.pixel_size, wavelength, d_min)
-    detector = geometry.make_detector(size, params.detector.pixel_size, distance,
-                                      (-1.0, float(params.detector.trusted_max)))
+    gain = float(params.detector.gain)
+    read_noise = float(params.detector.read_noise)
+    trusted = (geometry.trusted_low(gain, read_noise), float(params.detector.trusted_max))
+    detector = geometry.make_detector(size, params.detector.pixel_size, distance, trusted)
     beam = geometry.make_beam(wavelength, params.beam.polarization_fraction)
     truth = xtal.make_true_crystal(params.crystal.space_group, params.crystal.unit_cell, d_min,
                                    params.wilson.b, params.wilson.mean_intensity,
                                    stream(seed, "intensities"))
-    spreads = Spreads(sigma_domain=domain_sigma(params.crystal.domain_size), mosaic=mosaic,
+    law = params.crystal.phi_spread
+    sigma_domain = domain_sigma(params.crystal.domain_size)
+    if mode == "rotation" and law == "angular":
+        sigma_domain = 0.0  # infinite domains: the φ spread is the mosaic rotation only
+    if mode == "rotation" and law == "domain":
+        mosaic = 0.0  # no block rotation: the φ spread is the domain size only
+    spreads = Spreads(sigma_domain=sigma_domain, mosaic=mosaic,
                       divergence=params.beam.divergence, bandwidth=bandwidth,
                       psf=params.detector.psf)
     if mode == "stills" and bandwidth <= 0:
@@ -147,7 +171,8 @@ def resolve(params) -> Design:
         hot_pixels=int(params.hot_pixels.count),
         hot_range=(float(params.hot_pixels.min_value), float(params.hot_pixels.max_value)),
         zinger_rate=float(params.zingers.rate),
-        zinger_range=(int(params.zingers.min_counts), int(params.zingers.max_counts)))
+        zinger_range=(int(params.zingers.min_counts), int(params.zingers.max_counts)),
+        gain=gain, read_noise=read_noise)
     rng = stream(seed, "per_image")
     if mode == "stills":
         design.g = np.exp(params.stills.log_g_sigma * rng.standard_normal(n_images))
@@ -178,7 +203,8 @@ def resolve(params) -> Design:
         "wilson_b": params.wilson.b, "wilson_mean_intensity": params.wilson.mean_intensity,
         "intensity_scale": flux, "detector_size": list(size),
         "pixel_size": params.detector.pixel_size, "distance": distance,
-        "psf_px": spreads.psf, "trusted_range": [-1.0, float(params.detector.trusted_max)],
+        "psf_px": spreads.psf, "trusted_range": list(trusted),
+        "gain": gain, "read_noise": read_noise,
         "n_samples": design.n_samples, "n_sigma": design.n_sigma,
         "max_lorentz": design.max_lorentz, "min_partiality": design.min_partiality,
         "background": vars(design.background) | {"image_sigma": params.background.image_sigma},
@@ -191,4 +217,6 @@ def resolve(params) -> Design:
     else:
         design.parameters["rotation"] = dict(design.rotation,
                                              exposure_time=params.rotation.exposure_time)
+        design.parameters["phi_spread"] = law
+        design.parameters["phi_widths"] = phi_width_truth(spreads)
     return design

@@ -32,6 +32,16 @@ from scitbx.array_family import flex
 
 #: Trusted range written into the images (underload, overload), counts.
 DEFAULT_TRUSTED_RANGE = (-1.0, 1.0e6)
+
+
+def trusted_low(gain: float, read_noise: float) -> float:
+    """Low end of the trusted range (counts): −1 for photon counting, else below any
+    pixel value read noise can give (−20 σ), so negative values are data, not masked."""
+    if read_noise <= 0:
+        return DEFAULT_TRUSTED_RANGE[0]
+    return -1.0 - float(np.ceil(20.0 * read_noise * gain))
+
+
 #: The epoch (s) dxtbx reads from the fixed time stamp 1972-01-01T00:00:00 that
 #: ``FormatCBFMini.as_file`` writes into every header.
 HEADER_EPOCH = 63072000.0

@@ -1,6 +1,7 @@
 """Image formation: smooth background, Poisson counting, hot pixels, zingers, CBF writing.
 
-Units: photons per pixel per image; the detector gain is 1 (counts = photons).
+Units: photons per pixel per image; the images hold round(gain·(photons + read noise))
+counts (gain 1 and no read noise by default: counts = photons).
 
 Background (per pixel, per image), a function of the scattering vector length
 ``q = 2 sin θ / λ`` (Å⁻¹) at the pixel centre::
@@ -93,8 +94,28 @@ def poisson_counts(expected: np.ndarray, rng: np.random.Generator) -> np.ndarray
     return rng.poisson(expected).astype(np.int64)
 
 
+def readout(photons: np.ndarray, gain: float, read_noise: float,
+            rng: np.random.Generator) -> np.ndarray:
+    """Pixel values (int64 counts) of a photon image: round(gain·(photons + σ·N(0, 1))).
+
+    Photon counting (σ = 0, gain 1) returns the photons unchanged; an integrating
+    detector adds Gaussian read noise σ (photons rms, drawn from ``rng``) and
+    digitises at ``gain`` counts per photon (rounding adds 1/(12 gain²) photons²).
+    """
+    if read_noise <= 0 and gain == 1:
+        return photons
+    value = photons.astype(float)
+    if read_noise > 0:
+        value += read_noise * rng.standard_normal(photons.shape)
+    return np.rint(gain * value).astype(np.int64)
+
+
 def write_cbf(path, counts: np.ndarray, detector, beam, goniometer=None, scan=None) -> None:
-    """Write one miniCBF (int32 counts, geometry in the header) with FormatCBFMini.as_file."""
+    """Write one miniCBF (int32 counts, geometry in the header) with FormatCBFMini.as_file.
+
+    Values are clipped to the int32 range above the detector's trusted low end (−1 for
+    photon counting: values there are masked)."""
     top = np.iinfo(np.int32).max
+    low = min(-1.0, detector[0].get_trusted_range()[0])
     FormatCBFMini.as_file(detector, beam, goniometer, scan,
-                          flex_int_image(np.clip(counts, -1, top)), str(path))
+                          flex_int_image(np.clip(counts, low, top)), str(path))

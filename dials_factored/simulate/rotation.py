@@ -19,7 +19,7 @@ import numpy as np
 
 from dials_factored.simulate import physics
 from dials_factored.simulate.design import Design, stream
-from dials_factored.simulate.images import Defects, poisson_counts, write_cbf
+from dials_factored.simulate.images import Defects, poisson_counts, readout, write_cbf
 from dials_factored.simulate.signal import (
     Moments,
     PixelSignal,
@@ -125,13 +125,15 @@ def simulate_sweep(design: Design, paths: list, bg_model: np.ndarray, defects: D
         counts = poisson_counts(mu.reshape(ny, nx), stream(design.seed, "noise", f))
         zinger_flat = defects.apply(counts, f, design.zinger_rate, design.zinger_range,
                                     stream(design.seed, "zingers", f))
-        write_cbf(paths[f], counts, design.detector, design.beam, design.goniometer,
+        write_cbf(paths[f], readout(counts, design.gain, design.read_noise,
+                                    stream(design.seed, "read_noise", f)),
+                  design.detector, design.beam, design.goniometer,
                   design.scan[f:f + 1])
         excluded = np.zeros(n_pix, bool)
         excluded[defects.hot_flat(nx)] = True
         excluded[zinger_flat] = True
         info += fisher_information(PixelSignal(obs=ob, pixel=px, frame=np.zeros_like(ob), u=u),
-                                   mu, excluded, m)
+                                   mu + design.read_noise ** 2, excluded, m)
         if progress:
             progress(f + 1, n_frames)
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from dials_factored.simulate import physics
 from dials_factored.simulate.design import Design, stream
-from dials_factored.simulate.images import Defects, poisson_counts, write_cbf
+from dials_factored.simulate.images import Defects, poisson_counts, readout, write_cbf
 from dials_factored.simulate.signal import Moments, PixelSignal, aggregate, fisher_information
 from dials_factored.simulate.truth import ObservationTable
 
@@ -89,13 +89,15 @@ def simulate_still(design: Design, image: int, path, bg_model: np.ndarray, defec
     counts = poisson_counts(mu.reshape(ny, nx), stream(design.seed, "noise", image))
     zinger_flat = defects.apply(counts, image, design.zinger_rate, design.zinger_range,
                                 stream(design.seed, "zingers", image))
-    write_cbf(path, counts, design.detector, design.beam)
+    write_cbf(path, readout(counts, design.gain, design.read_noise,
+                            stream(design.seed, "read_noise", image)),
+              design.detector, design.beam)
 
     excluded = np.zeros(n_pix, bool)
     excluded[defects.hot_flat(nx)] = True
     excluded[zinger_flat] = True
     entries = PixelSignal(obs=obs, pixel=pixel, frame=np.zeros(obs.size, np.int64), u=u)
-    info = fisher_information(entries, mu, excluded, m)
+    info = fisher_information(entries, mu + design.read_noise ** 2, excluded, m)
     xyz = moments.centroid()
     on_frac = moments.fraction_on_panel()
     keep = (partiality >= design.min_partiality) & (on_frac > 0)
