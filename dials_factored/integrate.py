@@ -49,7 +49,7 @@ from dials_factored.model.width import build_grid
 from dials_factored.passes import Store, Widths, cycle_pass, final_pass
 from dials_factored.pixel_store import BLOCK_PIXELS, BlockPlan, PixelStore, plan_blocks
 from dials_factored.residuals.shape import observed_frame_moment, observed_moments
-from dials_factored.shoeboxes import Boxes, extract, pixel_area_eps, plan_jobs
+from dials_factored.shoeboxes import Boxes, extract, pixel_areas, plan_jobs
 
 logger = logging.getLogger(f"dials.{__name__}")
 
@@ -119,10 +119,7 @@ def _typical_area(experiments, strong, area: np.ndarray, world) -> float:
     ids = np.clip(to_numpy(strong["id"]).astype(int), 0, len(experiments) - 1)
     s0_len = np.array([np.linalg.norm(e.beam.get_s0()) for e in experiments])[ids]
     panels = to_numpy(strong["panel"]).astype(int)
-    values = np.concatenate([
-        pixel_area_eps(panel, xyz[panels == pid], s0_len[panels == pid])
-        for pid, panel in enumerate(experiments[0].detector) if (panels == pid).any()])
-    return float(np.median(values))
+    return float(np.median(pixel_areas(experiments, ids, panels, xyz, s0_len)))
 
 
 def _initial_r1(strong, area_median: float, default: float) -> float:
@@ -208,11 +205,7 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
     panel_ids = to_numpy(table["panel"]).astype(int)
     s0 = np.array([experiments[i].beam.get_s0() for i in range(len(experiments))])[ids]
     s0_len = np.linalg.norm(s0, axis=1)
-    area = np.zeros(len(table))
-    for pid, panel in enumerate(experiments[0].detector):
-        sel = panel_ids == pid
-        if sel.any():
-            area[sel] = pixel_area_eps(panel, xyz[sel], s0_len[sel])
+    area = pixel_areas(experiments, ids, panel_ids, xyz, s0_len)
     a = np.sqrt(area)
 
     area_typical = _typical_area(experiments, strong, area, world)

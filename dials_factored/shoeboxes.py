@@ -189,6 +189,35 @@ def pixel_area_eps(panel, xyz_px: np.ndarray, s0_len: np.ndarray) -> np.ndarray:
     return s0_len ** 2 * ax * ay * cos_a / dist ** 2
 
 
+def detector_index(experiments) -> tuple[list, np.ndarray]:
+    """(distinct detector models, index of each experiment's detector among them).
+
+    Stills refined with per-still detectors (``dials.ssx_refine``, ``dials.refine``)
+    have one detector per experiment; every per-reflection geometry uses its own
+    experiment's detector, computed once per distinct detector and panel.
+    """
+    detectors = list(experiments.detectors())
+    index = np.zeros(len(experiments), int)
+    for k, det in enumerate(detectors):
+        index[np.asarray(experiments.where(detector=det), dtype=int)] = k
+    return detectors, index
+
+
+def pixel_areas(experiments, ids: np.ndarray, panels: np.ndarray, xyz_px: np.ndarray,
+                s0_len: np.ndarray) -> np.ndarray:
+    """``pixel_area_eps`` (Å⁻²) of each spot on its own experiment's detector panel."""
+    detectors, det_of = detector_index(experiments)
+    area = np.zeros(len(ids))
+    if len(ids) == 0:
+        return area
+    key = det_of[ids] * (int(panels.max()) + 1) + panels
+    for k in np.unique(key):
+        sel = key == k
+        panel = detectors[det_of[ids[sel][0]]][int(panels[sel][0])]
+        area[sel] = pixel_area_eps(panel, xyz_px[sel], s0_len[sel])
+    return area
+
+
 def _box_pixels(boxes: Boxes, sel: np.ndarray, frame_offset: np.ndarray | None):
     """Pixel coordinates of the 2D box layer of reflections ``sel``.
 
@@ -411,43 +440,49 @@ class _ImageCutter:
         on_image = (np.isin(self.ids, expt_ids) & (boxes.z0 <= frame_number)
                     & (boxes.z1 > frame_number))
         pieces = []
-        detector = imageset.get_detector()
-        n_panels = len(detector)
-        for pid, panel in enumerate(detector):
-            sel = np.flatnonzero(on_image & (boxes.panel == pid))
-            if len(sel) == 0:
-                continue
-            image = data[pid].as_numpy_array()
-            k, x, y, local = _box_pixels(boxes, sel, frame_number - boxes.z0[sel])
-            ref = sel[k]
-            ny, nx = image.shape
-            inside = (x >= 0) & (x < nx) & (y >= 0) & (y < ny)
-            site = np.where(
-                inside, ((job_index * n_panels + pid) * ny + y).astype(np.int64) * nx + x,
-                -1 - (self.start[ref] + local))
-            xi, yi = np.clip(x, 0, nx - 1), np.clip(y, 0, ny - 1)
-            value = image[yi, xi].astype(np.float32)
-            finite = inside & np.isfinite(value)
-            low, high = panel.get_trusted_range()
-            is_over = finite & (value >= high)
-            trusted = value > low
-            if static[pid] is not None:
-                trusted &= static[pid][yi, xi]
-            s0 = np.asarray(self.experiments[int(self.ids[sel[0]])].beam.get_s0(), dtype=float)
-            xr = (boxes.x0[sel] + boxes.x1[sel]) // 2
-            yr = (boxes.y0[sel] + boxes.y1[sel]) // 2
-            e1, e2 = tangential_offsets(panel, self.s1[sel], s0, xr.astype(float),
-                                        yr.astype(float), k, xi - xr[k], yi - yr[k])
-            pieces.append((
-                self.start[ref] + local,
-                np.where(finite, value / self.gain, 0).astype(np.float32),
-                finite & trusted & ~is_over,
-                is_over,
-                e1.astype(np.float32),
-                e2.astype(np.float32),
-                site,
-            ))
+        n_panels = len(imageset.get_detector())
+        for eid in expt_ids:  # several lattices may share the image
+            # each experiment's own detector and beam (stills refined per still)
+            detector = self.experiments[int(eid)].detector
+            s0 = np.asarray(self.experiments[int(eid)].beam.get_s0(), dtype=float)
+            mine = on_image & (self.ids == eid)
+            for pid, panel in enumerate(detector):
+                sel = np.flatnonzero(mine & (boxes.panel == pid))
+                if len(sel):
+                    pieces.append(self._cut(data[pid].as_numpy_array(), static[pid], panel,
+                                            s0, sel, frame_number, job_index * n_panels + pid))
         return pieces
+
+    def _cut(self, image, static, panel, s0, sel, frame_number, image_panel):
+        """The piece of ``pieces`` (see ``__call__``) of boxes ``sel`` on one panel image."""
+        boxes = self.boxes
+        k, x, y, local = _box_pixels(boxes, sel, frame_number - boxes.z0[sel])
+        ref = sel[k]
+        ny, nx = image.shape
+        inside = (x >= 0) & (x < nx) & (y >= 0) & (y < ny)
+        site = np.where(inside, (image_panel * ny + y).astype(np.int64) * nx + x,
+                        -1 - (self.start[ref] + local))
+        xi, yi = np.clip(x, 0, nx - 1), np.clip(y, 0, ny - 1)
+        value = image[yi, xi].astype(np.float32)
+        finite = inside & np.isfinite(value)
+        low, high = panel.get_trusted_range()
+        is_over = finite & (value >= high)
+        trusted = value > low
+        if static is not None:
+            trusted &= static[yi, xi]
+        xr = (boxes.x0[sel] + boxes.x1[sel]) // 2
+        yr = (boxes.y0[sel] + boxes.y1[sel]) // 2
+        e1, e2 = tangential_offsets(panel, self.s1[sel], s0, xr.astype(float),
+                                    yr.astype(float), k, xi - xr[k], yi - yr[k])
+        return (
+            self.start[ref] + local,
+            np.where(finite, value / self.gain, 0).astype(np.float32),
+            finite & trusted & ~is_over,
+            is_over,
+            e1.astype(np.float32),
+            e2.astype(np.float32),
+            site,
+        )
 
 
 def claimed_by_neighbours(pix: Pixels, foreground: np.ndarray) -> np.ndarray:

@@ -172,7 +172,7 @@ def _cut(image, mask, boxes):
     lab = np.array([detector[0].get_pixel_lab_coord(tuple(c)) for c in centre])
     s1 = lab / np.linalg.norm(lab, axis=1)[:, None] / beam.get_wavelength()
     images = FakeImages(detector, image, mask)
-    experiments = [SimpleNamespace(beam=beam, imageset=images, scan=None)]
+    experiments = [SimpleNamespace(beam=beam, detector=detector, imageset=images, scan=None)]
     cutter = _ImageCutter(experiments, np.zeros(n, int), s1, boxes, start, 1.0,
                           [(images, 0, [0], 0)])
     counts = np.zeros(start[-1], np.float32)
