@@ -12,7 +12,7 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from dials.array_family import flex
@@ -467,6 +467,19 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
             logger.info("Converged: shifts below refinement.shift_tolerance = %g", tolerance)
             break
 
+    coupling = None
+    if params.refinement.measure_g_r1_coupling:
+        t = time.time()
+        coupling = g_r1_coupling(
+            x, obs, layout, priors, params.refinement.max_iterations,
+            lambda xs: cycle_pass(store, _widths(xs, layout, grid, area, params, rotation),
+                                  j_expected, np.inf, params.nproc, active, owned),
+            lambda xs, jj, vv: np.where(external, ref_values, references.merged(
+                group, jj, vv, np.where(informative, _scale(
+                    xs, layout, nodes, inv_4d2, excitation(xs), rbw_sq, stills)
+                    * attenuation, 0.0))))
+        timings["g_r1_coupling"] = time.time() - t
+
     # Final statistics with the fitted model
     final_widths = _widths(x, layout, grid, area, params, rotation)
     final = final_pass(store, final_widths, j_expected, xyz,
@@ -495,6 +508,8 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
     timings["total"] = time.time() - t_start
     parameters = _parameter_summary(x, layout, nodes, grid, stills, cov, experiments)
     parameters["outlier_pixels"] = n_outliers
+    if coupling is not None:
+        parameters["g_r1_coupling"] = coupling
     parameters["error_model_b"] = b_rel
     j_model = final_scale * i_ref
     diagnostics = {
@@ -508,6 +523,48 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
         np.exp(x[layout.log_r1a]), r1_init, priors.log_r1_sigma != FIXED_WIDTH_SIGMA,
         diagnostics["per_still"], n_outliers, int(world.sum(float(n_fg.sum()))))
     return Result(out, parameters, history, timings, diagnostics)
+
+
+def g_r1_coupling(x, obs, layout, priors, max_iterations, recompute, reference,
+                  factors=(0.8, 1.2)) -> dict:
+    """Measured coupling of the scales to the profile width, d log G / d log R1.
+
+    Inside one LM the amplitudes J are fixed numbers, so the normal matrix has no
+    G–R1 block (their correlation is 0 by construction).  The real coupling goes
+    through the pixels: a wider template gives other J.  For each factor f every
+    R1 node is scaled by f, J and σ_J are recomputed from the pixels
+    (``recompute(x) -> cycle_pass statistics``, no new outliers), I_ref from them
+    (``reference(x, j, var_j)``) and G, B, R0, η (and the still orientations) are
+    refitted by one LM with Term 2 off (the widths held; Term 1 has no R1).  The
+    central difference over log f of log G (dimensionless) and B (Å²) per node is
+    returned as median and max |·|, with the per-node values.
+    """
+    fitted = []
+    for f in factors:
+        xs = x.copy()
+        for block in (layout.log_r1a, layout.log_r1b):
+            xs[block] += np.log(f)
+        stats = recompute(xs)
+        j, var_j = stats["j"], stats["var_j"]
+        sigma_j = np.sqrt(var_j)
+        i_ref = reference(xs, j, var_j)
+        o = replace(obs, j=j, sigma_j=sigma_j, i_ref=i_ref,
+                    use1=obs.use1 & np.isfinite(j) & np.isfinite(sigma_j) & (sigma_j > 0)
+                    & np.isfinite(i_ref), use2=np.zeros_like(obs.use2),
+                    use_z=np.zeros_like(obs.use_z))
+        fitted.append(minimise(FactoredTarget(o, layout, priors), xs, max_iterations)[0])
+    step = np.log(factors[1] / factors[0])
+    dlogg = (fitted[1][layout.log_g] - fitted[0][layout.log_g]) / step
+    db = (fitted[1][layout.b] - fitted[0][layout.b]) / step
+    return {
+        "factors": list(factors),
+        "n_nodes": len(dlogg),
+        "dlogg_dlogr1_median": float(np.median(dlogg)),
+        "dlogg_dlogr1_max_abs": float(np.max(np.abs(dlogg))),
+        "db_dlogr1_median": float(np.median(db)),
+        "db_dlogr1_max_abs": float(np.max(np.abs(db))),
+        "dlogg_dlogr1": dlogg.tolist(),
+    }
 
 
 def _per_still(parameters, experiments, ids, informative, j, n_fg, outliers_per_image) -> dict:
@@ -864,12 +921,15 @@ def _parameter_summary(x, layout, nodes, grid, stills, cov, experiments):
         summary["mosaicity_deg"] = summary["sigma_m_deg"]
         summary["radial_r0"] = float(np.exp(x[layout.log_r0]))
     if cov is not None:
-        idx = [layout.log_g.start, layout.b.start, layout.log_r1a.start, layout.log_r0]
+        # log R1 is left out: no residual holds both R1 and G, B, R0 or η (Term 1 has
+        # no R1, Term 2 none of them), so its correlations are 0 by construction; the
+        # measured coupling is ``g_r1_coupling`` (refinement.measure_g_r1_coupling)
+        idx = [layout.log_g.start, layout.b.start, layout.log_r0]
         idx += [] if stills else [layout.log_eta]
         sub = cov[np.ix_(idx, idx)]
         sd = np.sqrt(np.maximum(np.diag(sub), 1e-300))
         summary["correlation"] = {
-            "parameters": ["log G (first node)", "B (first node)", "log R1 (first bin)",
+            "parameters": ["log G (first node)", "B (first node)",
                            *(["log R0"] if stills else ["log R0 (radial)", "log σ_m"])],
             "matrix": (sub / np.outer(sd, sd)).tolist(),
         }

@@ -146,8 +146,8 @@ def test_stills_scales_recovered_and_decoupled_from_width(stills):
     g_fit = np.array([n["G"] for n in stills.parameters["nodes"]])
     g_true = np.array(stills.truth_json["per_image"]["G"])
     assert np.corrcoef(np.log(g_fit), np.log(g_true))[0, 1] >= 0.98
-    corr = np.array(stills.parameters["correlation"]["matrix"])
-    assert abs(corr[0, 2]) < 0.1  # log G vs log R1
+    # corr(log G, log R1) is 0 by construction and no longer reported; the measured
+    # coupling is tests/test_g_r1_coupling.py
 
 
 def test_stills_close_to_the_ideal_estimator(stills):
