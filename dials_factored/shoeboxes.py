@@ -267,11 +267,33 @@ def plan_jobs(experiments, ids: np.ndarray, boxes: Boxes):
         scan_first, scan_end = expt.scan.get_array_range()
         lo = max(int(boxes.z0[sel].min()), scan_first)
         hi = min(int(boxes.z1[sel].max()), scan_end)
-        base = len(jobs) - lo
-        jobs.extend((iset, f - scan_first, [i], f) for f in range(lo, hi))
+        keys = [_frame_key(iset, f - scan_first, f) for f in range(lo, hi)]
+        known = [seen.get(k) for k in keys]
+        n_known = next((n for n, j in enumerate(known) if j is None), len(known))
+        shared = (n_known > 0 and all(j is None for j in known[n_known:])
+                  and np.all(np.diff(known[:n_known]) == 1)
+                  and (n_known == len(known) or known[n_known - 1] == len(jobs) - 1))
+        if shared:
+            # a second lattice (sweep) on frames already planned: the same jobs (each image
+            # read once, the lattices' boxes sharing pixel sites), new ones after them
+            for j in known[:n_known]:
+                jobs[j][2].append(i)
+            base = known[0] - lo
+            new_frames = range(lo + n_known, hi)
+        else:
+            base = len(jobs) - lo
+            new_frames = range(lo, hi)
+        seen.update((keys[f - lo], base + f) for f in new_frames)
+        jobs.extend((iset, f - scan_first, [i], f) for f in new_frames)
         first[sel] = base + np.clip(boxes.z0[sel], lo, hi - 1)
         last[sel] = base + np.clip(boxes.z1[sel] - 1, lo, hi - 1)
     return jobs, first, last
+
+
+def _frame_key(iset, index: int, frame: int) -> tuple:
+    """What identifies one image of a sweep: its file, its index in the file, its frame."""
+    inside = iset.indices()[index] if hasattr(iset, "indices") else index
+    return iset.get_path(index), int(inside), frame
 
 
 def extract(experiments, table, boxes: Boxes, jobs: list, plan: BlockPlan, store: PixelStore,

@@ -113,3 +113,41 @@ def test_offsets_of_two_lattices_on_one_image_use_their_own_detectors():
         np.testing.assert_allclose(got[:, 1], want[1], atol=1e-7)
     # the 7 × 9 overlap of the two boxes: the same physical pixels
     assert len(np.intersect1d(site[:start[1]], site[start[1]:])) == 7 * 9
+
+
+class _Sweep:
+    """The part of an image sequence that ``plan_jobs`` uses: paths and file indices."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def get_path(self, index):
+        return "sweep.h5"
+
+    def indices(self):
+        return list(range(self.n))
+
+
+def test_two_lattices_of_one_sweep_read_each_image_once():
+    """Two rotation experiments (lattices) on one image sequence: before, each had its
+    own jobs, so every frame was read twice and the boxes of the two lattices, on
+    different jobs, never shared a pixel site (no neighbour claims between them)."""
+    from types import SimpleNamespace
+
+    from dxtbx.model import ScanFactory
+
+    from dials_factored.shoeboxes import plan_jobs
+
+    sweep = _Sweep(10)
+    scan = ScanFactory.make_scan((1, 10), 0.0, (0.0, 1.0), list(range(10)))
+    experiments = [SimpleNamespace(imageset=sweep, scan=scan) for _ in range(2)]
+    ids = np.array([0, 0, 1, 1])
+    boxes = Boxes(np.zeros(4, int), np.zeros(4, int), np.full(4, 5), np.zeros(4, int),
+                  np.full(4, 5), np.array([0, 4, 2, 7]), np.array([3, 8, 5, 10]))
+    jobs, first, last = plan_jobs(experiments, ids, boxes)
+    assert len(jobs) == 10
+    assert [job[3] for job in jobs] == list(range(10))
+    assert all(job[2] == [0, 1] for job in jobs[2:8])
+    assert all(job[2] == [k] for k, job in zip([0, 0, 1, 1], jobs[:2] + jobs[8:]))
+    np.testing.assert_array_equal(first, [0, 4, 2, 7])
+    np.testing.assert_array_equal(last, [2, 7, 4, 9])
