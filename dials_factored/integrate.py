@@ -714,8 +714,8 @@ def _repredict_stills(table, experiments, rotated) -> None:
     """``s1``, ``excitation_error``, ``xyzcal.mm``/``xyzcal.px`` and ``panel`` of the rows
     of the experiments ``rotated`` from their crystals' current A, as
     ``prediction.predict`` computes them (ε = |A·h + s0| − |s0|, s1 along A·h + s0,
-    DIALS's ray_intersection).  A row whose new ray misses the detector keeps its old
-    position.  ``lp`` and ``qe`` stay those the intensities were corrected with.
+    DIALS's ray_intersection).  Every row gets its new s1 and ε; a row whose new ray
+    misses the detector keeps its old position.  ``lp`` and ``qe`` stay those the intensities were corrected with.
     """
     from dials.algorithms.spot_prediction import ray_intersection
 
@@ -739,14 +739,14 @@ def _repredict_stills(table, experiments, rotated) -> None:
         sub["phi"] = flex.double(len(rows), 0.0)
         hit = ray_intersection(expt.detector, sub)
         z = to_numpy(table["xyzcal.px"])[rows, 2]
+        every = flex.size_t(rows.tolist())
+        table["s1"].set_selected(every, sub["s1"])
+        table["excitation_error"].set_selected(every, flex.double(k_len - np.linalg.norm(s0)))
         sub = sub.select(hit)
         _add_pixel_positions(sub, expt.detector, frame=0.0)
         at = flex.size_t(rows[to_numpy(hit)].tolist())
         px = to_numpy(sub["xyzcal.px"])
         px[:, 2] = z[to_numpy(hit)]
-        table["s1"].set_selected(at, sub["s1"])
-        table["excitation_error"].set_selected(
-            at, flex.double((k_len - np.linalg.norm(s0))[to_numpy(hit)]))
         table["xyzcal.mm"].set_selected(at, sub["xyzcal.mm"])
         table["xyzcal.px"].set_selected(at, flex.vec3_double(px))
         table["panel"].set_selected(at, sub["panel"])
@@ -791,11 +791,13 @@ def _excitation_gradients(experiments, ids, table):
     without widening every partiality.  Stills indexing leaves such errors of about 1 %
     (the cell scale is weakly fixed by spot positions on a flat detector).
     """
-    s1 = to_numpy(table["s1"])
-    u1 = s1 / np.linalg.norm(s1, axis=1)[:, None]
     hkl = to_numpy(table["miller_index"]).astype(float)
     a_mats = np.array([np.asarray(e.crystal.get_A()).reshape(3, 3) for e in experiments])
     q = np.einsum("nij,nj->ni", a_mats[ids], hkl)
+    # ∂|q + s0|/∂q is along q + s0 itself (the predictor's s1 is put on the sphere, which
+    # is off by ~ε/|q| in direction: 1-5 % of ŝ1·q = q²/2|s0|, the cell-scale gradient)
+    k = q + np.array([e.beam.get_s0() for e in experiments])[ids]
+    u1 = k / np.linalg.norm(k, axis=1)[:, None]
     rotations = tuple(np.einsum("ij,ij->i", u1, np.cross(axis, q))
                       for axis in (np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])))
     return rotations + (np.einsum("ij,ij->i", u1, q),)
