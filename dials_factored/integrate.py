@@ -715,7 +715,8 @@ def _repredict_stills(table, experiments, rotated) -> None:
     of the experiments ``rotated`` from their crystals' current A, as
     ``prediction.predict`` computes them (ε = |A·h + s0| − |s0|, s1 along A·h + s0,
     DIALS's ray_intersection).  Every row gets its new s1 and ε; a row whose new ray
-    misses the detector keeps its old position.  ``lp`` and ``qe`` stay those the intensities were corrected with.
+    misses the detector keeps its old position.  ``lp`` and ``qe`` stay those the
+    intensities were corrected with.
     """
     from dials.algorithms.spot_prediction import ray_intersection
 
