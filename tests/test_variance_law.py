@@ -44,8 +44,10 @@ def weak_z(workdir, simulate_args, integrate_args):
     rows = ev.truth_rows(to_numpy(table["id"]), to_numpy(table["miller_index"]),
                          truth["experiment"], truth["miller_index"])
     ok = rows >= 0
-    j = to_numpy(table["intensity.prf.value"])[ok]
-    var = to_numpy(table["intensity.prf.variance"])[ok]
+    # J in recorded counts: prf is the full-reflection estimate J/p (DIALS's meaning)
+    p = to_numpy(table["partiality"])[ok]
+    j = to_numpy(table["intensity.prf.value"])[ok] * p
+    var = to_numpy(table["intensity.prf.variance"])[ok] * p ** 2
     expected = truth["expected_counts"][rows[ok]]
     weak = (expected < 10) & np.isfinite(var)
     z = (j - expected) / np.sqrt(var)
