@@ -63,6 +63,18 @@ def claimed(site, fg):
 
 
 @njit(cache=True, nogil=True)
+def _used_mean(counts, use):
+    """Mean of ``counts`` over the pixels ``use`` (0 if none) and how many they are."""
+    n = 0.0
+    s = 0.0
+    for j in range(counts.shape[0]):
+        if use[j]:
+            n += 1.0
+            s += np.float64(counts[j])
+    return s / max(n, 1.0), n
+
+
+@njit(cache=True, nogil=True)
 def background(counts, use0, start, n_iter, clip, read_variance):
     """Clipped mean background per reflection and the pixels behind it (shoeboxes).
 
@@ -75,13 +87,7 @@ def background(counts, use0, start, n_iter, clip, read_variance):
     for r in range(m):
         p0, p1 = start[r], start[r + 1]
         use = use0[p0:p1].copy()
-        n = 0.0
-        s = 0.0
-        for j in range(p1 - p0):
-            if use[j]:
-                n += 1.0
-                s += np.float64(counts[p0 + j])
-        level = s / max(n, 1.0)
+        level, n = _used_mean(counts[p0:p1], use)
         for _ in range(n_iter):
             lim = level + clip * math.sqrt(max(level, 0.0) + read_variance + 1.0)
             dropped = False
@@ -91,13 +97,7 @@ def background(counts, use0, start, n_iter, clip, read_variance):
                     dropped = True
             if not dropped:
                 break
-            n = 0.0
-            s = 0.0
-            for j in range(p1 - p0):
-                if use[j]:
-                    n += 1.0
-                    s += np.float64(counts[p0 + j])
-            level = s / max(n, 1.0)
+            level, n = _used_mean(counts[p0:p1], use)
         bg[r] = level
         nb[r] = n
     return bg, nb
