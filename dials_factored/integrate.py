@@ -789,8 +789,9 @@ def _excitation_gradients(experiments, ids, table):
     the reciprocal cell (A → (1 + δs)·A) moves q by δs·q and ε by δs·ŝ1·q
     = δs·λ/(2d²) on the sphere: the excitation error of a cell (or wavelength) that is
     off by a fraction, which grows as 1/d² and which a mosaic spread cannot mimic
-    without widening every partiality.  Stills indexing leaves such errors of about 1 %
-    (the cell scale is weakly fixed by spot positions on a flat detector).
+    without widening every partiality.  On the real thaumatin grid stills of
+    ../shared/data the indexing left one of about 1 % (measured from the strong spots'
+    ε; a distance or wavelength error gives it once the cell is refined to the spots).
     """
     hkl = to_numpy(table["miller_index"]).astype(float)
     a_mats = np.array([np.asarray(e.crystal.get_A()).reshape(3, 3) for e in experiments])
