@@ -7,7 +7,7 @@ install:
 	bash scripts/install.sh
 
 demo: install
-	$(PY) -m dials_factored.demo --workdir demo_run
+	$(PY) -m harness.demo --workdir demo_run
 
 test: install
 	$(PY) -m pytest -q tests

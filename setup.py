@@ -14,7 +14,9 @@ setup(
     description="Factored-likelihood integration and scaling for DIALS (stills and rotation)",
     packages=find_packages(include=["dials_factored", "dials_factored.*"]),
     python_requires=">=3.9",
-    extras_require={"test": ["pytest", "ruff", "hypothesis"]},
+    # The test and benchmark harness (harness/, benchmarks/) also needs psutil (Debian
+    # python3-psutil comes with DIALS); the installed commands do not.
+    extras_require={"test": ["pytest", "ruff", "hypothesis", "psutil"]},
     entry_points={
         "console_scripts": [
             "dials.factored_integrate=dials_factored.command_line.factored_integrate:run",

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import report as rp
-from dials_factored import dials_programs as dp
-from dials_factored import evaluate as ev
+from harness import dials_programs as dp
+from harness import evaluate as ev
 
 #: Fewest merged reflections per resolution shell for CC1/2 on data without a reference.
 MIN_PER_SHELL = 20

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import psutil
 
-from dials_factored import dials_programs as dp
-from dials_factored import evaluate as ev
+from harness import dials_programs as dp
+from harness import evaluate as ev
 
 #: The repository (for the git commit recorded with every result).
 REPO = Path(__file__).resolve().parents[1]

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from dials.array_family import flex
 
-from dials_factored import dials_programs as dp
+from harness import dials_programs as dp
 
 pytestmark = pytest.mark.slow
 

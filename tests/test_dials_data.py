@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dials_factored import dials_programs as dp
-from dials_factored import evaluate as ev
+from harness import dials_programs as dp
+from harness import evaluate as ev
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dials_factored import dials_programs as dp
+from harness import dials_programs as dp
 
 THERMOLYSIN_SPOTS = (
     "spotfinder.filter.min_spot_size=2",

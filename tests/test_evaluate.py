@@ -9,7 +9,7 @@ import pytest
 from cctbx import crystal, miller, sgtbx
 from cctbx.array_family import flex
 
-from dials_factored import evaluate as ev
+from harness import evaluate as ev
 
 
 def make_truth(space_group="P212121", cell=(30, 40, 50, 90, 90, 90), d_min=2.0, seed=1):

@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 
-from dials_factored import dials_programs as dp
+from harness import dials_programs as dp
 
 
 def test_measured_g_r1_coupling_is_finite_and_small(tmp_path):

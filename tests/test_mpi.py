@@ -14,8 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from dials_factored import dials_programs as dp
 from dials_factored.arrays import to_numpy
+from harness import dials_programs as dp
 
 SIM = {
     "stills": ["mode=stills", "seed=11", "n_images=12", "detector.size=768,768"],

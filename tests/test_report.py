@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from dials.array_family import flex
 
-from dials_factored import dials_programs as dp
 from dials_factored.integrate import Result
 from dials_factored.report import figures, render
+from harness import dials_programs as dp
 
 REPO = Path(__file__).resolve().parents[1]
 CHECK = REPO / "scripts" / "check_report.py"

@@ -16,8 +16,8 @@ import json
 import numpy as np
 import pytest
 
-from dials_factored import dials_programs as dp
 from dials_factored.arrays import to_numpy
+from harness import dials_programs as dp
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +89,7 @@ def test_scan_edge_partiality_is_the_recorded_fraction(sweeps):
     of their φ profile inside the scan (the simulator's recorded/full).  Fails on the
     code that summed the frame fractions over the box frames off the scan (partiality ≈ 1
     for them: mean |p − p_true| 0.08 on a 20-image sweep)."""
-    from dials_factored import evaluate as ev
+    from harness import evaluate as ev
 
     sweep = sweeps("edges")
     t, obs = sweep.table, sweep.observations

@@ -378,7 +378,7 @@ def test_truth_json_documents_files_defects_and_conventions(stills):
 @pytest.mark.slow
 def test_dials_indexes_the_stills(tmp_path):
     """dials.import (no options) → dials.find_spots → dials.ssx_index index every still."""
-    from dials_factored import dials_programs as dp
+    from harness import dials_programs as dp
 
     sim = _simulate(tmp_path / "sim", ["mode=stills", "seed=11", "n_images=8"])
     cell = sim.params["unit_cell"]
@@ -392,7 +392,7 @@ def test_dials_indexes_the_stills(tmp_path):
 
 @pytest.mark.slow
 def test_dials_indexes_and_refines_the_sweep(tmp_path):
-    from dials_factored import dials_programs as dp
+    from harness import dials_programs as dp
 
     sim = _simulate(tmp_path / "sim", ["mode=rotation", "seed=12", "n_images=30"])
     stage = dp.index_rotation(sim.images, tmp_path / "index", None)

@@ -23,9 +23,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from dials_factored import dials_programs as dp
-from dials_factored import evaluate as ev
 from dials_factored.command_line import factored_xia2_ssx
+from harness import dials_programs as dp
+from harness import evaluate as ev
 
 pytest.importorskip("xia2.cli.ssx", reason="xia2 is not installed: scripts/install.sh installs "
                     "it from ../shared/vendor/xia2-3.12.0-min.tar.gz when that file exists")

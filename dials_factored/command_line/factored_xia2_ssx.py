@@ -52,8 +52,8 @@ from dials.util.options import ArgumentParser
 from libtbx import Auto
 from libtbx.introspection import number_of_processors
 
-from dials_factored import dials_programs as dp
 from dials_factored.command_line import factored_integrate
+from dials_factored.programs import run_program
 
 try:
     from xia2.Modules.SSX.xia2_ssx import full_phil_str as XIA2_SSX_PHIL
@@ -145,21 +145,21 @@ def run_stages(workdir: Path, params, working: iotbx.phil.scope) -> None:
         refine_args = ["geometry_refinement.phil=dials.factored_xia2_ssx.refine.phil"]
 
     logger.info("\n1/3 xia2.ssx workflow.steps=find_spots+index (nproc=%d)", nproc)
-    run = dp.run_program("xia2.ssx", [*xia2_args, *refine_args,
-                                      "workflow.steps=find_spots+index"],
-                         workdir, log_dir=workdir / "dials.factored_xia2_ssx.index")
+    log_path, wall_time = run_program(
+        "xia2.ssx", [*xia2_args, *refine_args, "workflow.steps=find_spots+index"],
+        workdir, log_dir=workdir / "dials.factored_xia2_ssx.index")
     if not (params.space_group and params.indexing.unit_cell):
         logger.info("xia2.ssx assessed the crystals (assess_crystals/, %s); rerun with "
-                    "space_group= and unit_cell= to integrate", run.log_path)
+                    "space_group= and unit_cell= to integrate", log_path)
         return
     batches = [b for b in sorted(workdir.glob("batch_*"), key=_batch_number)
                if _n_experiments(b / "indexed.expt")]
     if not batches:
         raise RuntimeError(f"xia2.ssx indexed nothing (no batch_*/indexed.expt with crystals): "
-                           f"{_last_error(run.log_path)} (log: {run.log_path})")
+                           f"{_last_error(log_path)} (log: {log_path})")
     logger.info("    %s indexed in %.0f s", ", ".join(
         f"{b.name}: {_n_experiments(b / 'indexed.expt')} crystals" for b in batches),
-        run.wall_time)
+        wall_time)
 
     logger.info("\n2/3 dials.factored_integrate on %d batch(es) (nproc=%d)", len(batches), nproc)
     integrate_phil = _integrate_scope.fetch_diff(
@@ -167,12 +167,12 @@ def run_stages(workdir: Path, params, working: iotbx.phil.scope) -> None:
     d_min = [f"d_min={params.d_min}"] if params.d_min else []
     for batch in batches:
         (batch / "factored_integrate.phil").write_text(integrate_phil)
-        run = dp.run_program(
+        _, wall_time = run_program(
             "dials.factored_integrate",
             ["indexed.expt", "indexed.refl", "factored_integrate.phil", f"nproc={nproc}", *d_min],
             batch, expect=["factored.expt", "factored.refl"])
         n = write_for_xia2(batch)
-        logger.info("    %s: %d reflections integrated in %.0f s", batch.name, n, run.wall_time)
+        logger.info("    %s: %d reflections integrated in %.0f s", batch.name, n, wall_time)
 
     logger.info("\n3/3 xia2.ssx workflow.steps=reduce")
     scaling_phil = workdir / "dials.factored_xia2_ssx.scaling.phil"
@@ -181,12 +181,12 @@ def run_stages(workdir: Path, params, working: iotbx.phil.scope) -> None:
         f"reflection_selection.intensity_choice = {params.factored_xia2.intensity_choice}\n"
         f"scaling_options.nproc = {nproc}\n{user_scaling}")
     reference = params.reference_geometry or workdir / "geometry_refinement" / "refined.expt"
-    run = dp.run_program("xia2.ssx", [*xia2_args, f"reference_geometry={Path(reference).resolve()}",
-                                      f"scaling.phil={scaling_phil}", "workflow.steps=reduce"],
-                         workdir, log_dir=workdir / "dials.factored_xia2_ssx.reduce",
-                         expect=REDUCTION_OUTPUTS)
+    log_path, _ = run_program(
+        "xia2.ssx", [*xia2_args, f"reference_geometry={Path(reference).resolve()}",
+                     f"scaling.phil={scaling_phil}", "workflow.steps=reduce"],
+        workdir, log_dir=workdir / "dials.factored_xia2_ssx.reduce", expect=REDUCTION_OUTPUTS)
     _copy_into_xia2_folders(workdir, batches)
-    logger.info("%s", _reduction_summary(run.log_path))
+    logger.info("%s", _reduction_summary(log_path))
     logger.info("Merged MTZ: %s; report: %s", workdir / REDUCTION_OUTPUTS[0],
                 workdir / REDUCTION_OUTPUTS[1])
 

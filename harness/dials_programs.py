@@ -27,8 +27,6 @@ Pipelines (each returns a :class:`Stage`: output paths plus the runs with their 
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -39,12 +37,10 @@ from pathlib import Path
 
 import psutil
 
+from dials_factored.programs import check_finished, log_tail, program_path
+
 #: How often the memory of a running program's process tree is sampled (seconds).
 RSS_SAMPLE_INTERVAL = 0.1
-#: Lines of the log quoted in the error message of a failed program.
-ERROR_TAIL_LINES = 3
-#: Log lines worth quoting first when a program fails (DIALS prints help after some errors).
-_ERROR_LINE = re.compile(r"error|sorry|not found|failed|no suitable|exception", re.IGNORECASE)
 
 #: dials.integrate stops on a small wedge ("too few spots for profile modelling") unless
 #: these are lowered; with enough strong spots they change nothing.
@@ -124,14 +120,6 @@ class Stage:
                    [ProgramRun.from_dict(r) for r in d["runs"]])
 
 
-def program_path(name: str) -> str:
-    """The console script of a DIALS program: next to the interpreter, on PATH, or /usr/bin."""
-    beside = Path(sys.executable).parent / name
-    if beside.is_file():
-        return str(beside)
-    return shutil.which(name) or f"/usr/bin/{name}"
-
-
 def _tree_rss(proc: psutil.Process) -> int:
     """Memory (bytes) of a process and all its descendants; 0 once gone.
 
@@ -164,18 +152,6 @@ def _sample_peak_rss(pid: int, done: threading.Event, peak: list[int]) -> None:
         done.wait(RSS_SAMPLE_INTERVAL)
 
 
-def _tail(path: Path, n: int = ERROR_TAIL_LINES) -> str:
-    """One line: the last error-like line of a log (if any) and its last ``n`` lines."""
-    try:
-        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
-    except OSError:
-        return "(no log)"
-    lines = [ln for ln in lines if ln]
-    errors = [ln for ln in lines[:-n] if _ERROR_LINE.search(ln)]
-    tail = " | ".join(lines[-n:]) or "(empty log)"
-    return f"{errors[-1]} ... {tail}" if errors else tail
-
-
 def run_program(name: str, args: Sequence[str], cwd: str | os.PathLike,
                 log_dir: str | os.PathLike | None = None,
                 expect: Sequence[str] = (), timeout: float | None = None,
@@ -205,19 +181,13 @@ def run_program(name: str, args: Sequence[str], cwd: str | os.PathLike,
         except subprocess.TimeoutExpired:
             _kill_tree(proc)
             raise RuntimeError(f"{name} timed out after {timeout:.0f} s in {cwd}; "
-                               f"last log lines: {_tail(log_path)} (log: {log_path})") from None
+                               f"last log lines: {log_tail(log_path)} (log: {log_path})") from None
         finally:
             done.set()
             sampler.join()
     run = ProgramRun(cmd, returncode, name, log_path, time.perf_counter() - start,
                      max(peak[0], max_rss) / 2**20)
-    if returncode != 0:
-        raise RuntimeError(f"{name} failed with exit code {returncode} in {cwd}; "
-                           f"last log lines: {_tail(log_path)} (log: {log_path})")
-    missing = [f for f in expect if not (cwd / f).is_file()]
-    if missing:
-        raise RuntimeError(f"{name} exited 0 but did not write {', '.join(missing)} in {cwd}; "
-                           f"last log lines: {_tail(log_path)} (log: {log_path})")
+    check_finished(name, returncode, cwd, log_path, expect)
     return run
 
 

@@ -1,6 +1,6 @@
 """The demo: simulate stills, process them with DIALS and with dials.factored_integrate, score.
 
-``python -m dials_factored.demo --workdir demo_run`` (what ``make demo`` runs):
+``python -m harness.demo --workdir demo_run`` (what ``make demo`` runs):
 
 1. ``dials.factored_simulate mode=stills`` (the simulator's defaults, a fixed seed) writes
    images and the truth into ``<workdir>/simulate``;
@@ -11,7 +11,7 @@
    dials.export (``<workdir>/factored``), from the same indexed data;
 4. both merged MTZ files are scored against the true intensities (CC by resolution shell,
    completeness, CC1/2, z of the observations), next to the CC an ideal estimator reaches
-   (see :mod:`dials_factored.evaluate`); a Markdown table is printed and everything is
+   (see :mod:`harness.evaluate`); a Markdown table is printed and everything is
    written to ``<workdir>/demo_results.json``.
 
 Any failing step, the factored route included, stops the demo with a non-zero exit.
@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dials_factored import dials_programs as dp
-from dials_factored import evaluate as ev
+from harness import dials_programs as dp
+from harness import evaluate as ev
 
 #: Seed of the simulated data set (fixed, so every demo run sees the same data).
 SEED = 1
@@ -223,7 +223,7 @@ def run(workdir: Path, nproc: int, n_shells: int = 10, mode: str = "stills",
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry: ``python -m dials_factored.demo [--workdir DIR] [--nproc N]``."""
+    """Command-line entry: ``python -m harness.demo [--workdir DIR] [--nproc N]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("demo_run"))
     parser.add_argument("--nproc", type=int, default=2)
