@@ -19,3 +19,14 @@ def to_numpy(values) -> np.ndarray:
     if isinstance(values, flex.vec2_double):
         return values.as_double().as_numpy_array().reshape(-1, 2)
     return values.as_numpy_array()
+
+
+def miller_keys(hkl, ids=None) -> np.ndarray:
+    """One int64 per (experiment id, h, k, l), for sorting and matching rows.
+
+    Indices must lie in [−512, 511] and ids below 2³³ (far beyond any data set); without
+    ``ids`` the key is that of id 0.
+    """
+    hkl = np.asarray(hkl, dtype=np.int64).reshape(-1, 3) + 512
+    ids = np.zeros(len(hkl), np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+    return ((ids * 1024 + hkl[:, 0]) * 1024 + hkl[:, 1]) * 1024 + hkl[:, 2]

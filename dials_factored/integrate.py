@@ -19,7 +19,7 @@ from dials.array_family import flex
 
 from dials_factored import collective, prediction, profile
 from dials_factored import reference as references
-from dials_factored.arrays import to_numpy
+from dials_factored.arrays import miller_keys, to_numpy
 from dials_factored.diagnostics import (
     WIDTH_FACTOR,
     PriorCheck,
@@ -677,9 +677,7 @@ def add_observed_geometry(table, experiments, strong) -> None:
 
 
 def _row_keys(table) -> np.ndarray:
-    hkl = to_numpy(table["miller_index"]) + 512
-    ids = to_numpy(table["id"]).astype(np.int64)
-    return ((ids * 1024 + hkl[:, 0]) * 1024 + hkl[:, 1]) * 1024 + hkl[:, 2]
+    return miller_keys(to_numpy(table["miller_index"]), to_numpy(table["id"]))
 
 
 def apply_orientation_corrections(experiments, parameters, table=None) -> int:

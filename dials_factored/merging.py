@@ -6,7 +6,7 @@ import numpy as np
 from cctbx import crystal, miller
 from dials.array_family import flex
 
-from dials_factored.arrays import to_numpy
+from dials_factored.arrays import miller_keys, to_numpy
 from dials_factored.collective import world
 
 
@@ -26,7 +26,7 @@ def asu_groups(indices, symmetry: crystal.symmetry, anomalous: bool = False):
     """
     ms = miller.set(symmetry, flex.miller_index(indices), anomalous_flag=anomalous).map_to_asu()
     asu = to_numpy(ms.indices())
-    _, group = np.unique(_key(asu), return_inverse=True)
+    _, group = np.unique(miller_keys(asu), return_inverse=True)
     return ms.indices(), group
 
 
@@ -36,13 +36,9 @@ def global_groups(asu_indices) -> np.ndarray:
     Each rank sends only its distinct keys; with one process this is
     ``np.unique(…, return_inverse=True)``.
     """
-    key = _key(to_numpy(asu_indices))
+    key = miller_keys(to_numpy(asu_indices))
     union = np.unique(np.concatenate(world().allgather(np.unique(key))))
     return np.searchsorted(union, key)
-
-
-def _key(asu: np.ndarray) -> np.ndarray:
-    return (asu[:, 0] + 512) * 1024 * 1024 + (asu[:, 1] + 512) * 1024 + (asu[:, 2] + 512)
 
 
 def weighted_mean(group: np.ndarray, values: np.ndarray, variances: np.ndarray):

@@ -16,11 +16,36 @@ def shell_edges(d: np.ndarray, n_bins: int) -> np.ndarray:
     return edges
 
 
+def half_means(group: np.ndarray, values: np.ndarray, n_groups: int,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unweighted means of two random halves of each group's observations (for CC½).
+
+    Each group's observations are shuffled and split as evenly as possible (an odd one goes
+    to either half at random), as for CC½ in ``iotbx.merging_statistics``.  Returns the two
+    half means per group and a mask of the groups present in both halves.
+    """
+    order = np.lexsort((rng.random(group.size), group))  # shuffled within each group
+    g_sorted = group[order]
+    starts = np.searchsorted(g_sorted, np.arange(n_groups))
+    counts = np.bincount(group, minlength=n_groups)
+    rank = np.arange(group.size) - starts[g_sorted]
+    extra = rng.random(n_groups) < 0.5  # where an odd observation goes
+    n_a = counts // 2 + (counts % 2) * extra
+    in_a = np.empty(group.size, bool)
+    in_a[order] = rank < n_a[g_sorted]
+    sums = [np.bincount(group[m], weights=values[m], minlength=n_groups) for m in (in_a, ~in_a)]
+    ns = [np.bincount(group[m], minlength=n_groups) for m in (in_a, ~in_a)]
+    both = (ns[0] > 0) & (ns[1] > 0)
+    mean_a = np.where(both, sums[0] / np.maximum(ns[0], 1), 0.0)
+    mean_b = np.where(both, sums[1] / np.maximum(ns[1], 1), 0.0)
+    return mean_a, mean_b, both
+
+
 def merging_statistics(group, d, values, variances, n_bins=10, seed=0):
     """Per-shell statistics of scaled observations grouped by unique reflection.
 
-    ``values``/``variances`` are scaled intensities (I/inverse_scale_factor).
-    CC½ uses a seeded random split of each reflection's observations.
+    ``values``/``variances`` are scaled intensities (I/inverse_scale_factor).  ⟨I/σ⟩ is of
+    the inverse-variance means; CC½ is of :func:`half_means` (seeded random halves).
     """
     ok = np.isfinite(values) & np.isfinite(variances) & (variances > 0)
     group, d, values, variances = group[ok], d[ok], values[ok], variances[ok]
@@ -32,22 +57,14 @@ def merging_statistics(group, d, values, variances, n_bins=10, seed=0):
     d_unique = np.zeros(n_unique)
     d_unique[g] = d
     mult = np.bincount(g, minlength=n_unique)
-    rng = np.random.default_rng(seed)
-    half = rng.integers(0, 2, len(g))
-    halves = []
-    for h in (0, 1):
-        sel = half == h
-        m, _ = weighted_mean(np.concatenate([g[sel], [n_unique - 1]]),
-                             np.concatenate([values[sel], [0.0]]),
-                             np.concatenate([variances[sel], [np.inf]]))
-        halves.append(m[:n_unique])
+    half_a, half_b, both_halves = half_means(g, values, n_unique, np.random.default_rng(seed))
     edges = shell_edges(d_unique, n_bins)
     shell = np.clip(np.searchsorted(edges, 1.0 / d_unique ** 2, side="right") - 1, 0, n_bins - 1)
     rows = []
     for s in range(n_bins):
         sel = shell == s
-        both = sel & np.isfinite(halves[0]) & np.isfinite(halves[1])
-        cc = (float(np.corrcoef(halves[0][both], halves[1][both])[0, 1])
+        both = sel & both_halves
+        cc = (float(np.corrcoef(half_a[both], half_b[both])[0, 1])
               if both.sum() > 2 else float("nan"))
         rows.append({
             "d_max": float(1 / np.sqrt(edges[s])) if edges[s] > 0 else float("inf"),

@@ -40,6 +40,9 @@ import numpy as np
 from cctbx import miller, sgtbx
 from cctbx.array_family import flex
 
+from dials_factored.arrays import miller_keys
+from dials_factored.statistics import half_means
+
 #: Intensity labels tried, in order, when none is given.
 INTENSITY_LABELS = ("IMEAN", "I", "ICALC", "IOBS")
 
@@ -291,23 +294,9 @@ def cc_half(observations: miller.array, shells: Shells, seed: int = 0) -> list[f
     Random halves per unique reflection, unweighted means, Pearson CC over reflections
     present in both halves.
     """
-    rng = np.random.default_rng(seed)
     group, d = _group_ids(observations)
     data = observations.data().as_numpy_array()
-    order = np.lexsort((rng.random(group.size), group))  # shuffled within each group
-    g_sorted = group[order]
-    starts = np.searchsorted(g_sorted, np.arange(d.size))
-    counts = np.bincount(group, minlength=d.size)
-    rank = np.arange(group.size) - starts[g_sorted]
-    extra = rng.random(d.size) < 0.5  # where an odd observation goes
-    n_a = counts // 2 + (counts % 2) * extra
-    in_a = np.empty(group.size, bool)
-    in_a[order] = rank < n_a[g_sorted]
-    sums = [np.bincount(group[m], weights=data[m], minlength=d.size) for m in (in_a, ~in_a)]
-    ns = [np.bincount(group[m], minlength=d.size) for m in (in_a, ~in_a)]
-    both = (ns[0] > 0) & (ns[1] > 0)
-    mean_a = np.where(both, sums[0] / np.maximum(ns[0], 1), 0)
-    mean_b = np.where(both, sums[1] / np.maximum(ns[1], 1), 0)
+    mean_a, mean_b, both = half_means(group, data, d.size, np.random.default_rng(seed))
     shell = shells.assign(d)
     values = [_pearson(mean_a[both & (shell == i)], mean_b[both & (shell == i)])
               for i in range(len(shells))]
@@ -469,14 +458,9 @@ def truth_rows(experiment_ids, miller_indices, truth_experiment, truth_miller) -
     Matches on the original (not asu-mapped) indices, so it applies to integration runs
     on the true models (same indexing setting as the simulator).
     """
-    def keys(expt, hkl):
-        hkl = np.asarray(hkl, dtype=np.int64).reshape(-1, 3) + 512
-        return ((np.asarray(expt, dtype=np.int64) * 1024 + hkl[:, 0]) * 1024
-                + hkl[:, 1]) * 1024 + hkl[:, 2]
-
-    truth_keys = keys(truth_experiment, truth_miller)
+    truth_keys = miller_keys(truth_miller, truth_experiment)
     order = np.argsort(truth_keys)
-    wanted = keys(experiment_ids, miller_indices)
+    wanted = miller_keys(miller_indices, experiment_ids)
     pos = np.clip(np.searchsorted(truth_keys[order], wanted), 0, max(len(order) - 1, 0))
     found = len(order) > 0
     hit = found & (truth_keys[order][pos] == wanted) if found else np.zeros(len(wanted), bool)
