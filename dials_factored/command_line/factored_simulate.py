@@ -81,6 +81,22 @@ crystal {
             "angular: the mosaic block rotation only (σ_φ = σ_m/|ζ_unit|, DIALS's law;"
             "domains infinite); both: both (with the defaults the angular part dominates)."
 }
+anomalous {
+  element = None
+    .type = str
+    .help = "Anomalous scatterers (e.g. Se, S, Zn): a random protein plus this many heavy"
+            "atoms per asymmetric unit give I(+) ≠ I(−) (see simulate/anomalous.py)."
+            "None: no heavy atoms, Friedel's law holds."
+  sites = 10
+    .type = int(value_min=1)
+    .help = "Heavy atoms per asymmetric unit (random sites, occupancy 1, the Wilson B)."
+  fp = None
+    .type = float
+    .help = "f′ (electrons). None: from the Sasaki tables at the wavelength."
+  fdp = None
+    .type = float(value_min=0)
+    .help = "f″ (electrons). None: from the Sasaki tables at the wavelength."
+}
 wilson {
   b = 15
     .type = float

@@ -7,6 +7,8 @@ mean is ``⟨I⟩(d) = I0 · ε · exp(−2·B_wilson/(4d²))`` = ``I0 · ε · 
 (``B_wilson`` in Å², I in arbitrary "intensity units", the units of truth.mtz); acentric
 reflections draw ``I = ⟨I⟩·X`` with X ~ Exp(1), centric ones ``I = ⟨I⟩·Z²`` with
 Z ~ N(0, 1) (the χ²₁ distribution of mean 1).  Systematic absences are not generated.
+With heavy atoms (:mod:`dials_factored.simulate.anomalous`) the intensities come instead
+from a random protein plus the heavy atoms' structure factors, and I(+) ≠ I(−).
 """
 
 from __future__ import annotations
@@ -19,16 +21,24 @@ from cctbx.array_family import flex
 from dxtbx.model import Crystal
 from scitbx import matrix
 
+from dials_factored.simulate.anomalous import (
+    HeavyAtoms,
+    anomalous_intensities,
+    heavy_atom_structure,
+)
+
 
 @dataclass
 class TrueCrystal:
     """True intensities of a crystal, per unique reflection and for the whole sphere."""
 
     symmetry: crystal.symmetry
-    unique: miller.array  # non-anomalous asu, data = I_true
+    unique: miller.array  # asu, data = I_true (anomalous: I(+) and I(−) apart)
     hkl: np.ndarray  # (n, 3) int: every index of the full sphere to d_min (no absences)
     intensity: np.ndarray  # (n,) I_true of each ``hkl``
     d: np.ndarray  # (n,) resolution (Å) of each ``hkl``
+    heavy_atoms: object = None  # cctbx xray.structure of the anomalous scatterers, if any
+    model_f: miller.array | None = None  # complex F of the model (its phases), if any
 
     @property
     def b_matrix(self) -> np.ndarray:
@@ -38,11 +48,22 @@ class TrueCrystal:
 
 
 def make_true_crystal(space_group: str, unit_cell, d_min: float, b_wilson: float,
-                      mean_intensity: float, rng: np.random.Generator) -> TrueCrystal:
+                      mean_intensity: float, rng: np.random.Generator,
+                      heavy: HeavyAtoms | None = None) -> TrueCrystal:
     """Draw Wilson intensities for every unique reflection to ``d_min`` (Å); see the module doc."""
     symmetry = crystal.symmetry(unit_cell=uctbx.unit_cell(tuple(unit_cell)),
                                 space_group_info=sgtbx.space_group_info(space_group))
     unique = miller.build_set(symmetry, anomalous_flag=False, d_min=d_min)
+    if heavy is not None and heavy.n_sites > 0:
+        sites = heavy_atom_structure(symmetry, heavy, b_wilson, rng)
+        intensities, model_f = anomalous_intensities(unique, b_wilson, mean_intensity, sites,
+                                                     rng)
+        full = intensities.expand_to_p1()
+        hkl = np.asarray(full.indices().as_vec3_double(), dtype=float).round().astype(int)
+        return TrueCrystal(symmetry=symmetry, unique=intensities, hkl=hkl,
+                           intensity=full.data().as_numpy_array().copy(),
+                           d=full.d_spacings().data().as_numpy_array().copy(),
+                           heavy_atoms=sites, model_f=model_f)
     d = unique.d_spacings().data().as_numpy_array()
     eps = unique.epsilons().data().as_numpy_array().astype(float)
     centric = unique.centric_flags().data().as_numpy_array()

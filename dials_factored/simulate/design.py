@@ -19,6 +19,7 @@ import numpy as np
 
 from dials_factored.simulate import crystal as xtal
 from dials_factored.simulate import geometry
+from dials_factored.simulate.anomalous import HeavyAtoms
 from dials_factored.simulate.images import Background
 from dials_factored.simulate.physics import Spreads, domain_sigma
 
@@ -142,9 +143,10 @@ def resolve(params) -> Design:
     trusted = (geometry.trusted_low(gain, read_noise), float(params.detector.trusted_max))
     detector = geometry.make_detector(size, params.detector.pixel_size, distance, trusted)
     beam = geometry.make_beam(wavelength, params.beam.polarization_fraction)
+    heavy = heavy_atoms(params.anomalous, wavelength)
     truth = xtal.make_true_crystal(params.crystal.space_group, params.crystal.unit_cell, d_min,
                                    params.wilson.b, params.wilson.mean_intensity,
-                                   stream(seed, "intensities"))
+                                   stream(seed, "intensities"), heavy)
     law = params.crystal.phi_spread
     sigma_domain = domain_sigma(params.crystal.domain_size)
     if mode == "rotation" and law == "angular":
@@ -201,6 +203,7 @@ def resolve(params) -> Design:
         "domain_size": params.crystal.domain_size, "sigma_domain": spreads.sigma_domain,
         "mosaic_rad": mosaic, "mosaic_deg": math.degrees(mosaic),
         "wilson_b": params.wilson.b, "wilson_mean_intensity": params.wilson.mean_intensity,
+        "anomalous": vars(heavy) if heavy else None,
         "intensity_scale": flux, "detector_size": list(size),
         "pixel_size": params.detector.pixel_size, "distance": distance,
         "psf_px": spreads.psf, "trusted_range": list(trusted),
@@ -220,3 +223,19 @@ def resolve(params) -> Design:
         design.parameters["phi_spread"] = law
         design.parameters["phi_widths"] = phi_width_truth(spreads)
     return design
+
+
+def heavy_atoms(scope, wavelength: float) -> HeavyAtoms | None:
+    """The PHIL ``anomalous`` scope as :class:`HeavyAtoms` (f′, f″ from Sasaki if not given)."""
+    if not scope.element:
+        return None
+    from cctbx.eltbx import sasaki
+
+    try:
+        table = sasaki.table(scope.element).at_angstrom(wavelength)
+    except RuntimeError:
+        raise ValueError(f"anomalous.element={scope.element}: not an element of the "
+                         "Sasaki tables") from None
+    fp = table.fp() if scope.fp is None else scope.fp
+    fdp = table.fdp() if scope.fdp is None else scope.fdp
+    return HeavyAtoms(scope.element, int(scope.sites), float(fp), float(fdp))

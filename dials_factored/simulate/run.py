@@ -83,7 +83,9 @@ def run_simulation(params, directory, progress=None) -> dict:
     observations = table.finish()
     truth_dir = directory / "truth"
     out.write_observations(observations, truth_dir / "observations.npz")
-    out.write_mtz(design.truth.unique, truth_dir / "truth.mtz")
+    out.write_mtz(design.truth.unique, truth_dir / "truth.mtz", design.truth.model_f)
+    if design.truth.heavy_atoms is not None:
+        out.write_heavy_atoms(design.truth.heavy_atoms, truth_dir / "heavy_atoms.pdb")
     experiments = out.experiment_list(design, paths, crystals)
     out.write_experiments(experiments, truth_dir / "models.expt")
     summary = _summary(design, observations, defects)

@@ -78,8 +78,10 @@ def write_observations(columns: dict[str, np.ndarray], path: Path) -> None:
         np.savez(f, **columns)
 
 
-def write_mtz(unique, path: Path) -> None:
-    """The true merged intensities: columns I and SIGI (= 1), non-anomalous asu.
+def write_mtz(unique, path: Path, model_f=None) -> None:
+    """The true merged intensities: columns I and SIGI (= 1) on the non-anomalous asu, or
+    I(+), SIGI(+), I(−), SIGI(−) when the crystal has anomalous scatterers; then also
+    FMODEL, PHIFMODEL, the model's structure factors (their phases are what a phaser uses).
 
     The wavelength recorded in the MTZ is a placeholder (1 Å); the true one is in
     truth.json.
@@ -90,6 +92,8 @@ def write_mtz(unique, path: Path) -> None:
     arr = unique.customized_copy(sigmas=flex.double(unique.size(), 1.0))
     arr.set_observation_type_xray_intensity()
     dataset = arr.as_mtz_dataset(column_root_label="I", wavelength=1.0)
+    if model_f is not None:
+        dataset.add_miller_array(model_f, column_root_label="FMODEL")
     dataset.mtz_object().write(str(path))
     # Replace the columns' creation time stamps (re-read: a new object ignores set_source)
     # so that the same seed gives the same bytes.
@@ -146,3 +150,8 @@ def _plain(value):
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def write_heavy_atoms(structure, path: Path) -> None:
+    """The anomalous scatterers' sites as a PDB file (CRYST1 and HETATM records)."""
+    path.write_text(structure.as_pdb_file())

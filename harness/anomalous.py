@@ -1,0 +1,111 @@
+"""What phasers use, scored against the simulator's truth: CC_ano and anomalous map peaks.
+
+* **CC_ano** per resolution shell: Pearson CC of the measured Bijvoet differences
+  ΔI = I(+) − I(−) of acentric reflections with the true ones (the truth's I(+), I(−)),
+  on the reflections both have.
+* **Anomalous difference Fourier peak heights**: the map with coefficients
+  ΔF·exp(i(φ_model − 90°)), ΔF = |F(+)| − |F(−)| (|F| = √max(I, 0)) and φ_model the phase
+  of the model's structure factor (truth.mtz FMODEL), scaled to its rms (σ), read at each
+  true heavy-atom site (truth/heavy_atoms.pdb) by interpolation.  The truth's own ΔF give
+  the height an error-free measurement of the same reflections would reach.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from cctbx import miller
+from iotbx.reflection_file_reader import any_reflection_file
+
+from harness.evaluate import Shells, _pearson
+
+
+def read_anomalous(path: str | Path, label: str = "I(+)") -> miller.array:
+    """The anomalous intensity array (``I(+)``, ``I(-)``) of an MTZ."""
+    for array in any_reflection_file(str(path)).as_miller_arrays(merge_equivalents=False):
+        if array.info().labels[0] == label and array.anomalous_flag():
+            return array
+    raise ValueError(f"{path}: no anomalous intensity column {label}")
+
+
+def read_model_f(path: str | Path) -> miller.array:
+    """The model's complex structure factors (FMODEL, PHIFMODEL) of a truth.mtz."""
+    for array in any_reflection_file(str(path)).as_miller_arrays():
+        if array.info().labels[0] == "FMODEL":
+            return array
+    raise ValueError(f"{path}: no FMODEL column (not an anomalous simulation?)")
+
+
+def _differences(array: miller.array, truth: miller.array) -> miller.array:
+    """Bijvoet differences of ``array`` in the truth's symmetry, unique acentric asu."""
+    a = array.customized_copy(crystal_symmetry=truth.crystal_symmetry()).map_to_asu()
+    if not a.is_unique_set_under_symmetry():
+        a = a.merge_equivalents().array()
+    return a.anomalous_differences()
+
+
+def cc_ano(measured: miller.array, truth: miller.array, shells: Shells) -> list[float]:
+    """CC_ano per shell and overall (last): measured against true ΔI (module doc)."""
+    obs, true = (_differences(measured, truth), _differences(truth, truth))
+    obs, true = obs.common_sets(true)
+    d = obs.d_spacings().data().as_numpy_array()
+    x, y = obs.data().as_numpy_array(), true.data().as_numpy_array()
+    shell = shells.assign(d)
+    return [_pearson(x[shell == i], y[shell == i]) for i in range(len(shells))] + \
+        [_pearson(x[shell >= 0], y[shell >= 0])]
+
+
+def _delta_f(intensities: miller.array, truth: miller.array) -> miller.array:
+    """ΔF = |F(+)| − |F(−)| with |F| = √max(I, 0), unique acentric asu."""
+    a = intensities.customized_copy(crystal_symmetry=truth.crystal_symmetry(),
+                                    sigmas=None).map_to_asu()
+    if not a.is_unique_set_under_symmetry():
+        a = a.merge_equivalents().array()
+    from cctbx.array_family import flex
+
+    amplitudes = np.sqrt(np.maximum(a.data().as_numpy_array(), 0.0))
+    return a.customized_copy(data=flex.double(amplitudes)).anomalous_differences()
+
+
+def peak_heights(measured: miller.array, truth: miller.array, model_f: miller.array,
+                 sites, resolution_factor: float = 0.25) -> list[float]:
+    """Anomalous difference Fourier height (σ) at each true site (module doc)."""
+    from cctbx.array_family import flex
+
+    delta = _delta_f(measured, truth)
+    delta, phases = delta.common_sets(model_f.map_to_asu())
+    phi = np.angle(phases.data().as_numpy_array()) - math.pi / 2
+    coeff = delta.data().as_numpy_array() * np.exp(1j * phi)
+    coefficients = delta.customized_copy(data=flex.complex_double(
+        flex.double(coeff.real.copy()), flex.double(coeff.imag.copy())))
+    fft = coefficients.fft_map(resolution_factor=resolution_factor)
+    fft.apply_sigma_scaling()
+    density = fft.real_map_unpadded()
+    return [float(density.tricubic_interpolation(site)) for site in sites.sites_frac()]
+
+
+def read_sites(path: str | Path):
+    """The heavy-atom sites of truth/heavy_atoms.pdb as a cctbx xray.structure."""
+    import iotbx.pdb
+
+    return iotbx.pdb.input(file_name=str(path)).xray_structure_simple()
+
+
+def score(merged_mtz: str | Path, truth_dir: str | Path, shells: Shells | None = None) -> dict:
+    """CC_ano by shell and peak heights of a merged anomalous MTZ, with the truth's ceiling."""
+    truth_dir = Path(truth_dir)
+    truth = read_anomalous(truth_dir / "truth.mtz")
+    measured = read_anomalous(merged_mtz)
+    shells = shells or Shells(_differences(measured, truth).d_spacings().data(), 10)
+    model_f = read_model_f(truth_dir / "truth.mtz")
+    sites = read_sites(truth_dir / "heavy_atoms.pdb")
+    heights = peak_heights(measured, truth, model_f, sites)
+    ceiling = peak_heights(truth.common_set(measured.map_to_asu()), truth, model_f, sites)
+    return {"cc_ano_by_shell": cc_ano(measured, truth, shells)[:-1],
+            "cc_ano": cc_ano(measured, truth, shells)[-1],
+            "d_ranges": [shells.d_range(i) for i in range(len(shells))],
+            "peak_heights": heights, "mean_peak_height": float(np.mean(heights)),
+            "truth_peak_heights_same_reflections": ceiling,
+            "mean_truth_peak_height": float(np.mean(ceiling))}
