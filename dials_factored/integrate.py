@@ -307,10 +307,12 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
     inv_4d2 = 1.0 / (4.0 * d ** 2)
     eps = to_numpy(table["excitation_error"])
     rbw_sq = bandwidth_sq(d, 1.0 / s0_len, params.beam.bandwidth) if stills else np.zeros(len(d))
-    asu = asu_groups(table["miller_index"], symmetry)[0]
-    group = global_groups(asu)
     ext_ref = references.load(params.reference, symmetry, world.min(float(d.min())))
-    ref_values = ext_ref.intensities(asu) if ext_ref is not None else np.full(len(d), np.nan)
+    anomalous = references.keeps_bijvoet_mates_apart(params.anomalous, ext_ref)
+    asu = asu_groups(table["miller_index"], symmetry, anomalous)[0]
+    group = global_groups(asu)
+    ref_values = (ext_ref.intensities(asu, anomalous) if ext_ref is not None
+                  else np.full(len(d), np.nan))
     if ext_ref is not None:
         logger.info("Reference %s covers %d of %d reflections", ext_ref.name,
                     int(np.isfinite(ref_values).sum()), len(d))
@@ -508,6 +510,7 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
     timings["total"] = time.time() - t_start
     parameters = _parameter_summary(x, layout, nodes, grid, stills, cov, experiments)
     parameters["outlier_pixels"] = n_outliers
+    parameters["anomalous"] = anomalous
     if coupling is not None:
         parameters["g_r1_coupling"] = coupling
     parameters["error_model_b"] = b_rel

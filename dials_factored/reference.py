@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 from cctbx import crystal, miller
+from cctbx.array_family import flex
 
 from dials_factored.collective import group_sum, world
 
@@ -29,23 +30,44 @@ class Reference:
     name = "reference"
     external = True
 
-    def intensities(self, asu_indices) -> np.ndarray:
+    anomalous = False
+
+    def intensities(self, asu_indices, anomalous: bool = False) -> np.ndarray:
+        """I_ref per index (NaN where none); ``anomalous``: the indices are mapped to the
+        anomalous asymmetric unit (Bijvoet mates apart)."""
         raise NotImplementedError
 
 
 class ArrayReference(Reference):
-    """A cctbx intensity array, checked against the data's symmetry."""
+    """A cctbx intensity array, checked against the data's symmetry.
+
+    An anomalous array (I(+), I(−)) stays anomalous: ``anomalous`` tells whether it is.
+    Indices are looked up as given when both sides are anomalous; otherwise both are
+    mapped to the non-anomalous asymmetric unit, so that a non-anomalous reference gives
+    a Bijvoet pair the same value (and an anomalous one their mean).
+    """
 
     def __init__(self, array: miller.array, symmetry: crystal.symmetry, name: str):
         self.name = name
         check_symmetry(name, array.crystal_symmetry(), symmetry)
-        arr = array.customized_copy(crystal_symmetry=symmetry).merge_equivalents().array()
-        arr = arr.as_non_anomalous_array().merge_equivalents().array().map_to_asu()
-        self._lookup = {tuple(h): float(v) for h, v in zip(arr.indices(), arr.data())}
+        self._symmetry = symmetry
+        self.anomalous = bool(array.anomalous_flag())
+        arr = array.customized_copy(crystal_symmetry=symmetry).map_to_asu()
+        arr = arr.merge_equivalents().array()
+        self._lookup = _as_lookup(arr)
+        self._lookup_mean = _as_lookup(
+            arr.as_non_anomalous_array().merge_equivalents().array()) if self.anomalous \
+            else self._lookup
 
-    def intensities(self, asu_indices) -> np.ndarray:
-        get = self._lookup.get
-        return np.array([get(tuple(h), np.nan) for h in asu_indices], dtype=float)
+    def intensities(self, asu_indices, anomalous: bool = False) -> np.ndarray:
+        if anomalous and self.anomalous:
+            lookup, indices = self._lookup, asu_indices
+        else:
+            lookup = self._lookup_mean
+            indices = miller.set(self._symmetry, flex.miller_index(asu_indices),
+                                 anomalous_flag=False).map_to_asu().indices()
+        get = lookup.get
+        return np.array([get(tuple(h), np.nan) for h in indices], dtype=float)
 
 
 def check_symmetry(name: str, reference: crystal.symmetry | None,
@@ -63,6 +85,10 @@ def check_symmetry(name: str, reference: crystal.symmetry | None,
             f"reference {name} cell {_cell(reference)} is incompatible with the data's "
             f"{_cell(data)} (lengths must agree within 5 %, angles within 3°)"
         )
+
+
+def _as_lookup(array: miller.array) -> dict:
+    return {tuple(h): float(v) for h, v in zip(array.indices(), array.data())}
 
 
 def _cell(symmetry: crystal.symmetry) -> str:
@@ -140,6 +166,21 @@ def check(path: str | None, symmetry: crystal.symmetry) -> None:
         check_symmetry(name, _mtz_intensities(path).crystal_symmetry(), symmetry)
     else:
         check_symmetry(name, _model(path).crystal_symmetry(), symmetry)
+
+
+def keeps_bijvoet_mates_apart(choice: str, reference: Reference | None) -> bool:
+    """PHIL ``anomalous`` (auto, true, false) → whether I(+) and I(−) are separate groups.
+
+    auto follows the external reference: anomalous when it has I(+)/I(−), else not.
+    """
+    if choice == "auto":
+        anomalous = reference is not None and reference.anomalous
+    else:
+        anomalous = choice == "true"
+    logger.info("Bijvoet mates %s (anomalous=%s%s)", "kept apart" if anomalous else "merged",
+                choice, f", reference {'anomalous' if anomalous else 'not anomalous'}"
+                if choice == "auto" and reference is not None else "")
+    return anomalous
 
 
 def load(path: str | None, symmetry: crystal.symmetry, d_min: float) -> Reference | None:

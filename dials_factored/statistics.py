@@ -41,6 +41,28 @@ def half_means(group: np.ndarray, values: np.ndarray, n_groups: int,
     return mean_a, mean_b, both
 
 
+def anomalous_signal(group: np.ndarray, is_plus: np.ndarray, values: np.ndarray,
+                     seed: int = 0) -> tuple[float, int]:
+    """CC_ano½: the correlation of Bijvoet differences between random half data sets.
+
+    ``group`` numbers the non-anomalous unique reflections, ``is_plus`` says whether an
+    observation is of I(+) (its anomalous asu index is the non-anomalous one) or I(−).
+    Each (reflection, hemisphere) is split in halves (:func:`half_means`); ΔI = ⟨I(+)⟩ −
+    ⟨I(−)⟩ of half A is correlated with that of half B over the reflections whose four
+    half means exist (centric reflections have no I(−) and drop out).  Without anomalous
+    signal CC_ano½ scatters about 0 with σ ≈ 1/√n.  Returns (CC_ano½, n pairs).
+    """
+    n_groups = int(group.max()) + 1 if len(group) else 0
+    hemisphere_group = 2 * group + (~is_plus).astype(np.int64)
+    a, b, both = half_means(hemisphere_group, values, 2 * n_groups,
+                            np.random.default_rng(seed))
+    pairs = both[0::2] & both[1::2]
+    delta_a, delta_b = (a[0::2] - a[1::2])[pairs], (b[0::2] - b[1::2])[pairs]
+    if pairs.sum() < 3 or np.std(delta_a) == 0 or np.std(delta_b) == 0:
+        return float("nan"), int(pairs.sum())
+    return float(np.corrcoef(delta_a, delta_b)[0, 1]), int(pairs.sum())
+
+
 def merging_statistics(group, d, values, variances, n_bins=10, seed=0):
     """Per-shell statistics of scaled observations grouped by unique reflection.
 

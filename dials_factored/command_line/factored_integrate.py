@@ -38,6 +38,12 @@ reference = None
   .type = path
   .help = "External reference: an MTZ with intensities or amplitudes, or an atomic"
           "model (PDB/mmCIF, |Fcalc|^2). None: bootstrap I_ref from the data."
+anomalous = *auto true false
+  .type = choice
+  .help = "Keep Bijvoet mates I(+), I(-) apart in the bootstrapped I_h, the error model"
+          "and the outlier tests. auto: true when reference= is anomalous (I(+)/I(-)"
+          "columns), else false; the log reports the data's own anomalous signal"
+          "(CC_ano of random half data sets) and warns when it is significant."
 d_min = None
   .type = float(value_min=0.3)
   .help = "High-resolution limit (Å). None: the detector's corners."
@@ -555,7 +561,30 @@ def _log_statistics(result, experiments):
     variances = to_numpy(t["intensity.scale.variance"]) / isf ** 2
     shells = merging_statistics(group, to_numpy(t["d"]), values, variances)
     logger.info("Merging statistics of the scaled output:\n%s", format_shells(shells))
+    _log_anomalous_signal(t, experiments, group, values, p.get("anomalous", False))
     return shells
+
+
+def _log_anomalous_signal(table, experiments, group, values, anomalous: bool) -> None:
+    """Log CC_ano½ of the scaled output; warn when significant but mates were merged."""
+    import numpy as np
+
+    from dials_factored.arrays import miller_keys, to_numpy
+    from dials_factored.merging import asu_groups, symmetry_of
+    from dials_factored.statistics import anomalous_signal
+
+    symmetry = symmetry_of(experiments)
+    plus = miller_keys(to_numpy(asu_groups(table["miller_index"], symmetry, True)[0])) == \
+        miller_keys(to_numpy(asu_groups(table["miller_index"], symmetry, False)[0]))
+    ok = np.isfinite(values)
+    cc, n = anomalous_signal(group[ok], plus[ok], values[ok])
+    threshold = 3 / np.sqrt(max(n, 1))
+    logger.info("Anomalous signal: CC_ano½ = %.3f over %d Bijvoet pairs (3/√n = %.3f)",
+                cc, n, threshold)
+    if not anomalous and n >= 100 and cc > threshold:
+        logger.warning("Warning: the data carry a significant anomalous signal (CC_ano½ "
+                       "%.3f > %.3f) but Bijvoet mates were merged in the fit: rerun with "
+                       "anomalous=true to keep I(+) and I(−) apart", cc, threshold)
 
 
 if __name__ == "__main__":
