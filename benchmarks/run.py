@@ -8,7 +8,10 @@
   dials.factored_integrate on the first 100 stills (peak memory growth);
 * ``rotation``: a simulated 90 × 1° sweep, indexed and refined; DIALS route
   dials.integrate + dials.scale + dials.merge against dials.factored_integrate + dials.merge;
-* ``real``: both routes on the shared real sets with images (skipped when absent).
+* ``real``: both routes on the shared real sets with images (skipped when absent);
+* ``anomalous``: Se stills in P4₃ (indexing ambiguity) and P4₃2₁2 (control), CC_ano and
+  anomalous map peak heights for both routes and the ideal estimator
+  (:mod:`benchmarks.anomalous`).
 
 Every program's wall time and peak resident memory (its whole process tree) is recorded,
 and for simulated data the time to read and decode all images with dxtbx (1 and 2
@@ -31,11 +34,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks import real, simulated
+from benchmarks import anomalous, real, simulated
 from benchmarks import report as rp
 
 #: The modes, in the order they run.
-MODES = ("stills", "rotation", "real")
+MODES = ("stills", "rotation", "real", "anomalous")
 
 
 def _ints(text: str) -> list[int]:
@@ -67,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
                    help="number of simulated stills (default %(default)s)")
     p.add_argument("--rotation", type=int, default=simulated.DEFAULT_IMAGES["rotation"],
                    help="number of simulated 1° rotation frames (default %(default)s)")
+    p.add_argument("--anomalous", type=int, default=300,
+                   help="anomalous mode: simulated Se stills per space group (P4_3 and the "
+                        "P4_32_12 control; default %(default)s)")
     p.add_argument("--detector", type=_detector, default=simulated.PILATUS_6M,
                    metavar="FAST,SLOW",
                    help="simulated panel size in pixels (default 2463,2527, a Pilatus 6M)")
@@ -104,6 +110,9 @@ def parser() -> argparse.ArgumentParser:
 
 def run_mode(mode: str, args: argparse.Namespace) -> dict | None:
     """One mode's results (None: real data absent)."""
+    if mode == "anomalous":
+        return anomalous.run_both(anomalous.Settings(
+            workdir=args.workdir / "anomalous", n_images=args.anomalous, nproc=args.nproc))
     if mode == "real":
         return real.run(args.data, args.workdir, nproc=args.nproc, n_shells=args.shells,
                         names=args.real_sets)

@@ -151,6 +151,17 @@ def _initial_phi_widths(strong, rate: np.ndarray, zeta_unit: np.ndarray, osc_deg
     return float(sigma_phi * rate_m), float(sigma_phi / np.sqrt(2.0) * zeta_m)
 
 
+def _resolve_ambiguity(experiments, strong, symmetry, params) -> dict | None:
+    """Put every crystal in one setting (dials_factored.ambiguity), in place; its summary."""
+    if not params.ambiguity.resolve or len(experiments) < 2:
+        return None
+    from dials_factored import ambiguity
+
+    d_min = params.d_min or min(prediction.detector_d_min(e) for e in experiments)
+    reference = references.load(params.reference, symmetry, d_min)
+    return ambiguity.resolve(experiments, strong, symmetry, reference)
+
+
 def _rotation_geometry(zc, zeta, d, s0_len, osc):
     """(z_c, |dε/dφ| = |s0||ζ|, DIALS's ζ_u = ζ/sin 2θ, Δφ) per rotation reflection."""
     sin_2theta = np.sin(2.0 * np.arcsin(np.clip(1.0 / (2.0 * d * s0_len), 0.0, 1.0)))
@@ -163,6 +174,7 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
     timings = {}
     stills = prediction.is_stills(experiments)
     symmetry = symmetry_of(experiments)
+    ambiguity_summary = _resolve_ambiguity(experiments, strong, symmetry, params)
     wavelength0 = np.array([e.beam.get_wavelength() for e in experiments])
 
     # Initial widths from the data or the parameters
@@ -283,10 +295,13 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         logger.info("Read %d images: %d pixels for %d reflections in %d blocks, %.1f s",
                     len(jobs), int(store.pixels.start[-1]), len(table), plan.n_blocks,
                     timings["extract"])
-        return _fit_and_integrate(experiments, params, table, store, owned, stills, symmetry, r0,
-                                  r1_init, ids, d, s1, xyz, s0_len=np.linalg.norm(s0, axis=1),
-                                  area=area, zc=zc, zeta=zeta, osc=osc, timings=timings,
-                                  t_start=t_start)
+        result = _fit_and_integrate(experiments, params, table, store, owned, stills,
+                                    symmetry, r0, r1_init, ids, d, s1, xyz,
+                                    s0_len=np.linalg.norm(s0, axis=1), area=area, zc=zc,
+                                    zeta=zeta, osc=osc, timings=timings, t_start=t_start)
+        if ambiguity_summary is not None:
+            result.parameters["ambiguity"] = ambiguity_summary
+        return result
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

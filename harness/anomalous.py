@@ -46,6 +46,11 @@ def _differences(array: miller.array, truth: miller.array) -> miller.array:
     return a.anomalous_differences()
 
 
+def bijvoet_d_spacings(truth: miller.array) -> np.ndarray:
+    """d (Å) of the truth's acentric Bijvoet pairs (for shells common to every route)."""
+    return _differences(truth, truth).d_spacings().data().as_numpy_array()
+
+
 def cc_ano(measured: miller.array, truth: miller.array, shells: Shells) -> list[float]:
     """CC_ano per shell and overall (last): measured against true ΔI (module doc)."""
     obs, true = (_differences(measured, truth), _differences(truth, truth))
@@ -93,19 +98,52 @@ def read_sites(path: str | Path):
     return iotbx.pdb.input(file_name=str(path)).xray_structure_simple()
 
 
-def score(merged_mtz: str | Path, truth_dir: str | Path, shells: Shells | None = None) -> dict:
-    """CC_ano by shell and peak heights of a merged anomalous MTZ, with the truth's ceiling."""
+def score(merged_mtz: str | Path, truth_dir: str | Path, shells: Shells | None = None,
+          ideal: miller.array | None = None) -> dict:
+    """CC_ano by shell and peak heights of a merged anomalous MTZ, beside the truth's own ΔF
+    and (if given) the ideal estimator's, both on the reflections the MTZ holds."""
     truth_dir = Path(truth_dir)
     truth = read_anomalous(truth_dir / "truth.mtz")
-    measured = read_anomalous(merged_mtz)
+    measured = read_anomalous(merged_mtz).customized_copy(
+        crystal_symmetry=truth.crystal_symmetry()).map_to_asu()
     shells = shells or Shells(_differences(measured, truth).d_spacings().data(), 10)
     model_f = read_model_f(truth_dir / "truth.mtz")
     sites = read_sites(truth_dir / "heavy_atoms.pdb")
     heights = peak_heights(measured, truth, model_f, sites)
-    ceiling = peak_heights(truth.common_set(measured.map_to_asu()), truth, model_f, sites)
-    return {"cc_ano_by_shell": cc_ano(measured, truth, shells)[:-1],
-            "cc_ano": cc_ano(measured, truth, shells)[-1],
-            "d_ranges": [shells.d_range(i) for i in range(len(shells))],
-            "peak_heights": heights, "mean_peak_height": float(np.mean(heights)),
-            "truth_peak_heights_same_reflections": ceiling,
-            "mean_truth_peak_height": float(np.mean(ceiling))}
+    ceiling = peak_heights(truth.common_set(measured), truth, model_f, sites)
+    cc = cc_ano(measured, truth, shells)
+    result = {"cc_ano_by_shell": cc[:-1], "cc_ano": cc[-1],
+              "d_ranges": [shells.d_range(i) for i in range(len(shells))],
+              "n_bijvoet_pairs": int(_differences(measured, truth).size()),
+              "peak_heights": heights, "mean_peak_height": float(np.mean(heights)),
+              "mean_truth_peak_height": float(np.mean(ceiling))}
+    if ideal is not None:
+        same = ideal.customized_copy(crystal_symmetry=truth.crystal_symmetry()).map_to_asu() \
+            .common_set(measured)
+        ideal_cc = cc_ano(same, truth, shells)
+        result.update(ideal_cc_ano_by_shell=ideal_cc[:-1], ideal_cc_ano=ideal_cc[-1],
+                      mean_ideal_peak_height=float(np.mean(
+                          peak_heights(same, truth, model_f, sites))))
+    return result
+
+
+def ideal_merged(observations: dict, symmetry, seed: int = 0) -> miller.array:
+    """One realisation of the ideal estimator, merged with Bijvoet mates apart.
+
+    Each observation measures its own I_true (per Bijvoet mate) with the simulator's ideal
+    variance (true scale, partiality, profile and background known; Poisson only): a
+    Gaussian draw x = I_true + N(0, V) per observation, inverse-variance merged.
+    """
+    from cctbx.array_family import flex
+
+    v = np.asarray(observations["ideal_variance"], dtype=float)
+    ok = np.isfinite(v) & (v > 0)
+    rng = np.random.default_rng(seed)
+    i_true = np.asarray(observations["i_true"], dtype=float)[ok]
+    x = i_true + rng.standard_normal(ok.sum()) * np.sqrt(v[ok])
+    hkl = np.asarray(observations["miller_index"], dtype=int)[ok]
+    obs = miller.array(miller.set(symmetry, flex.miller_index(hkl.tolist()),
+                                  anomalous_flag=True),
+                       data=flex.double(x), sigmas=flex.double(np.sqrt(v[ok])))
+    # an intensity array merges inverse-variance weighted (a plain one would average)
+    return obs.set_observation_type_xray_intensity().map_to_asu().merge_equivalents().array()

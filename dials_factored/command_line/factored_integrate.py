@@ -188,6 +188,14 @@ outliers {
     .help = "A pixel more than this many σ above the model (Bg + J·P) is masked:"
             "hot pixels and zingers."
 }
+ambiguity {
+  resolve = True
+    .type = bool
+    .help = "When the lattice has more symmetry than the crystal (twin laws, e.g. P4_3,"
+            "P6_3, P3_121), put every crystal in one setting before the fit: each takes"
+            "the twin law under which its strong spots correlate best with the others (or"
+            "with reference=). The output is in that setting. False: as indexed."
+}
 refinement {
   n_cycles = 4
     .type = int(value_min=1)

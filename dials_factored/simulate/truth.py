@@ -16,7 +16,8 @@ OBSERVATION_COLUMNS = {
                   "rotation: 0)",
     "miller_index": "(n,3) int: the reflection's indices as predicted with the true crystal "
                     "model (not mapped to the asymmetric unit)",
-    "i_true": "true intensity I (units of truth.mtz), the same for all symmetry mates",
+    "i_true": "true intensity I (units of truth.mtz), the same for all symmetry mates "
+              "(and for both Bijvoet mates unless the crystal has anomalous scatterers)",
     "d": "resolution (Å)",
     "expected_counts": "expected signal photons of the observation summed over all its pixels "
                        "and frames, including any falling off the panel (gain 1: counts); "
