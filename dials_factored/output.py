@@ -62,3 +62,7 @@ def write_text(text: str, path: str) -> None:
             f.write(text)
 
     _atomic(path, dump)
+
+
+def write_mtz(mtz_object, path: str) -> None:
+    _atomic(path, lambda tmp: mtz_object.write(tmp))

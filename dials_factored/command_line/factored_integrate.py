@@ -263,6 +263,13 @@ output {
   html = dials.factored_integrate.html
     .type = path
     .help = "HTML report with plots (offline; None to skip)."
+  posterior = None
+    .type = path
+    .help = "Write merged posterior intensities and amplitudes here (an MTZ: I, SIGI, F,"
+            "SIGF; the merged measurements as IMEAN, SIGIMEAN): our Gaussian likelihood"
+            "times a Wilson prior, or the reference= as prior (see posterior.py)."
+            "Experimental: σ is taken as fixed, though ours grows with the signal, so weak"
+            "partial measurements are shrunk too far (docs/posterior.md). None: skip."
   min_partiality = 0.05
     .type = float(value_min=0)
     .help = "Observations with a lower fitted partiality are flagged bad_for_scaling."
@@ -349,7 +356,8 @@ def _validate(params, experiments, strong) -> None:
     inputs.check_experiments(experiments, [i.filename for i in params.input.experiments])
     inputs.check_reflections(strong, experiments)
     out = params.output
-    inputs.check_outputs([out.experiments, out.reflections, out.parameters, out.log, out.html],
+    inputs.check_outputs([out.experiments, out.reflections, out.parameters, out.log, out.html,
+                         out.posterior],
                          inputs.input_paths(params, experiments))
     inputs.check_scratch(out.scratch)
     try:
@@ -439,6 +447,12 @@ def _integrate(params, experiments, strong, world) -> list:
         from dials_factored.report import render
 
         writes.append((output.write_text, render(result, shells), params.output.html))
+    if params.output.posterior:
+        from dials_factored.posterior_output import posterior_mtz
+
+        mtz = posterior_mtz(result, experiments, params)
+        if mtz is not None:
+            writes.append((output.write_mtz, mtz, params.output.posterior))
     return writes
 
 
