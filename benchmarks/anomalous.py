@@ -82,28 +82,6 @@ def dials_route(indexed: dp.Stage, workdir: Path, space_group: str, nproc: int) 
     return stage
 
 
-def right_setting_fraction(factored_expt: Path, truth_expt: Path) -> float:
-    """Fraction of stills whose output crystal is in the majority setting relative to the
-    truth (A_out ≈ A_true·M with M the same twin operator for all; the gauge is free)."""
-    from dxtbx.model.experiment_list import ExperimentListFactory
-
-    out = ExperimentListFactory.from_json_file(str(factored_expt), check_format=False)
-    true = ExperimentListFactory.from_json_file(str(truth_expt), check_format=False)
-    by_image = {e.imageset.get_path(0): e for e in true}
-    labels = []
-    for e in out:
-        t = by_image.get(e.imageset.get_path(0))
-        if t is None:
-            continue
-        m = np.linalg.solve(np.reshape(t.crystal.get_A(), (3, 3)),
-                            np.reshape(e.crystal.get_A(), (3, 3)))
-        labels.append(tuple(np.round(m).astype(int).ravel()))
-    if not labels:
-        return float("nan")
-    _, counts = np.unique(np.array(labels), axis=0, return_counts=True)
-    return float(counts.max() / len(labels))
-
-
 def run_both(s: Settings, control: str = "P43212") -> dict:
     """:func:`run` in ``s.space_group`` and in ``control`` (no ambiguity); one result."""
     results = {"benchmark": "anomalous", "runs": {}}
@@ -135,7 +113,7 @@ def run(s: Settings) -> dict:
     shells = ev.Shells(an.bijvoet_d_spacings(truth), 10)
     scores = {name: an.score(stage.files["merged_mtz"], truth_dir, shells, ideal=ideal)
               for name, stage in (("dials", dials), ("factored", ours))}
-    setting = right_setting_fraction(ours.files["scaled_expt"], sim.files["models"])
+    setting = an.right_setting_fraction(ours.files["scaled_expt"], sim.files["models"])
     return {"benchmark": "anomalous", "settings": {k: str(v) if isinstance(v, Path) else v
                                                    for k, v in asdict(s).items()},
             "environment": rp.environment(), "scores": scores,

@@ -195,6 +195,12 @@ def resolve(experiments, strong, symmetry: crystal.symmetry, reference=None) -> 
     if len(ops) == 1 or n < 2:
         summary["reindexed"] = [0] * len(ops)
         return summary
+    if "intensity.sum.value" not in strong:
+        logger.warning("Warning: the lattice allows %d settings but the input reflections "
+                       "have no intensity.sum.value to choose between them: left as indexed",
+                       len(ops))
+        summary["reindexed"] = None
+        return summary
     crystal_id = to_numpy(strong["id"]).astype(int)
     hkl = to_numpy(strong["miller_index"])
     keep = (crystal_id >= 0) & np.any(hkl != 0, axis=1)

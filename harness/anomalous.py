@@ -147,3 +147,25 @@ def ideal_merged(observations: dict, symmetry, seed: int = 0) -> miller.array:
                        data=flex.double(x), sigmas=flex.double(np.sqrt(v[ok])))
     # an intensity array merges inverse-variance weighted (a plain one would average)
     return obs.set_observation_type_xray_intensity().map_to_asu().merge_equivalents().array()
+
+
+def right_setting_fraction(factored_expt: Path, truth_expt: Path) -> float:
+    """Fraction of stills whose output crystal is in the majority setting relative to the
+    truth (A_out ≈ A_true·M with M the same twin operator for all; the gauge is free)."""
+    from dxtbx.model.experiment_list import ExperimentListFactory
+
+    out = ExperimentListFactory.from_json_file(str(factored_expt), check_format=False)
+    true = ExperimentListFactory.from_json_file(str(truth_expt), check_format=False)
+    by_image = {e.imageset.get_path(0): e for e in true}
+    labels = []
+    for e in out:
+        t = by_image.get(e.imageset.get_path(0))
+        if t is None:
+            continue
+        m = np.linalg.solve(np.reshape(t.crystal.get_A(), (3, 3)),
+                            np.reshape(e.crystal.get_A(), (3, 3)))
+        labels.append(tuple(np.round(m).astype(int).ravel()))
+    if not labels:
+        return float("nan")
+    _, counts = np.unique(np.array(labels), axis=0, return_counts=True)
+    return float(counts.max() / len(labels))
