@@ -15,12 +15,9 @@ construction, which is the point of the factorisation (seed §5).
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.sparse import coo_matrix, csr_matrix, identity
-from scipy.sparse.linalg import MatrixRankWarning, spsolve
 from scitbx.array_family import flex
 from scitbx.lstbx import normal_eqns, normal_eqns_solving
 
@@ -28,6 +25,7 @@ from dials_factored.collective import world
 from dials_factored.model.partiality import rotation_sigma_z, stills_partiality
 from dials_factored.reference import merged
 from dials_factored.residuals.shape import binned_frame_moment, truncation
+from dials_factored.schur import BlockNormal, Structure
 
 logger = logging.getLogger(f"dials.{__name__}")
 #: LM stops when a step lowers the objective by less than this fraction: the outer
@@ -90,6 +88,31 @@ class Layout:
     @property
     def size(self) -> int:
         return self._orient_start + 3 * self.n_orient
+
+    def structure(self, node_pairs=((), ())) -> Structure:
+        """The parameters as blocks (for :mod:`dials_factored.schur`) and globals.
+
+        A block is a run of scale nodes chained by ``node_pairs`` (consecutive nodes of
+        one sweep: the φ interpolation and smoothness rows couple them), so one block
+        per still or per rotation sweep; it holds those nodes' log G, B and, for stills,
+        δθx, δθy, δs.  R0, η and the R1 nodes are global.
+        """
+        n = self.n_nodes
+        a, b = (np.asarray(v, dtype=int) for v in node_pairs)
+        new = np.ones(n, bool)
+        new[b[b == a + 1]] = False
+        node_block = np.cumsum(new) - 1
+        first = np.flatnonzero(new)
+        rank = np.arange(n) - first[node_block]  # position of the node in its block
+        per_node = [self.log_g, self.b]
+        if self.n_orient:
+            per_node += [self.orient_x, self.orient_y, self.cell_scale]
+        block_of = np.full(self.size, -1)
+        slot_of = np.zeros(self.size, dtype=int)
+        for i, sl in enumerate(per_node):
+            block_of[sl] = node_block
+            slot_of[sl] = rank * len(per_node) + i
+        return Structure(block_of, slot_of)
 
 
 @dataclass
@@ -366,19 +389,19 @@ class NormalEquations(normal_eqns.non_linear_ls_mixin):
 
     Implements the interface of
     ``scitbx.lstbx.normal_eqns_solving.levenberg_marquardt_iterations_encapsulated_eqns``.
-    The normal matrix JᵀJ is built with scipy.sparse from the sparse Jacobian and kept
-    dense (a few hundred parameters at most per fit), which is far faster than adding
-    the rows one by one to a scitbx sparse matrix.
+    The normal matrix JᵀJ is held in the block-arrow form of :mod:`dials_factored.schur`
+    (small dense blocks per still or sweep, the global block, the rank-2 gauge term)
+    and the step is solved by eliminating the blocks: no object of size n_p².
     """
 
     def __init__(self, target: FactoredTarget, x0: np.ndarray,
                  relative_decrease: float | None = None):
         self.target = target
+        self.structure = target.layout.structure(target.obs.node_pairs)
         self.x = np.asarray(x0, dtype=float).copy()
         self.old_x = None
         self._objective = 0.0
         self._normal = None
-        self._rhs = None
         self._step = None
         self.best = None  # (objective, x) of the best point evaluated
         self.relative_decrease = relative_decrease
@@ -392,10 +415,10 @@ class NormalEquations(normal_eqns.non_linear_ls_mixin):
         return self._objective
 
     def get_normal_matrix_diagonal(self):
-        return flex.double(self._normal.diagonal().copy())
+        return flex.double(self._normal.diagonal())
 
     def add_constant_to_diagonal(self, mu):
-        self._normal = self._normal + mu * identity(self._normal.shape[0], format="csr")
+        self._normal.add_to_diagonal(mu)
 
     def opposite_of_gradient(self):
         return flex.double(self._rhs)
@@ -407,12 +430,7 @@ class NormalEquations(normal_eqns.non_linear_ls_mixin):
             # (its own objective_decrease_threshold also ends it on a *rejected* step)
             self._step = np.zeros(len(self.x))
             return
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", MatrixRankWarning)
-            step = spsolve(self._normal.tocsc(), self._rhs)
-        if not np.all(np.isfinite(step)):  # singular: least squares
-            step = np.linalg.lstsq(self._normal.toarray(), self._rhs, rcond=None)[0]
-        self._step = step
+        self._step = self._normal.solve()
 
     def step(self):
         return flex.double(self._step)
@@ -436,21 +454,21 @@ class NormalEquations(normal_eqns.non_linear_ls_mixin):
         if self._before is not None:  # the step just taken was kept
             self._gain = (self._before - self._objective) / max(abs(self._before), 1e-300)
             self._before = None
-        self._normal, self._rhs = normal_equations(r, jac, len(self.x))
+        self._normal = normal_equations(r, jac, self.structure)
+        self._rhs = self.structure.join(self._normal.g_loc, self._normal.g_glob)
 
 
-def normal_equations(r: np.ndarray, jac, n_parameters: int):
-    """JᵀJ (sparse) and −Jᵀr summed over the residuals of all ranks.
+def normal_equations(r: np.ndarray, jac, structure: Structure) -> BlockNormal:
+    """JᵀJ (block-arrow form) and −Jᵀr summed over the residuals of all ranks.
 
     Per-image parameters couple only to their own image's reflections and to the
-    global ones (and, through the gauge priors, to the mean), so JᵀJ is sparse and
-    is solved as such.
+    global ones (and, through the gauge priors, to the mean: the rank-2 term).
     """
-    jm = coo_matrix((jac[2], (jac[0], jac[1])), shape=(len(r), n_parameters)).tocsr()
-    normal = (jm.T @ jm).tocsr()
+    normal = BlockNormal.from_jacobian(r, jac, structure)
     if world().size > 1:
-        normal = csr_matrix(world().sum(normal.toarray()))
-    return normal, world().sum(-(jm.T @ r))
+        for name in ("a", "b", "c", "u_loc", "u_glob", "g_loc", "g_glob"):
+            setattr(normal, name, world().sum(getattr(normal, name)))
+    return normal
 
 
 def minimise(target: FactoredTarget, x0: np.ndarray, max_iterations: int = 30,
@@ -460,9 +478,10 @@ def minimise(target: FactoredTarget, x0: np.ndarray, max_iterations: int = 30,
 
     Stops after ``max_iterations``, when a step is shorter than ``relative_step``
     times the length of the parameter vector, or when a step lowers the objective by
-    less than ``relative_decrease`` of it.  The last value is the inverse of the
-    final normal matrix (the parameter covariance for residuals with unit
-    variance), or None if singular.
+    less than ``relative_decrease`` of it.  The fourth value gives entries of the
+    inverse of the final normal matrix (the parameter covariance for residuals with
+    unit variance; a :class:`dials_factored.schur.BlockCovariance`, indexed like an
+    array), or None if singular.
     """
     problem = NormalEquations(target, x0, relative_decrease)
     start = world().sum(0.5 * float(np.sum(target.evaluate(problem.x, False)[0] ** 2)))
@@ -474,8 +493,5 @@ def minimise(target: FactoredTarget, x0: np.ndarray, max_iterations: int = 30,
     end = world().sum(0.5 * float(np.sum(r ** 2)))
     logger.info("  Levenberg-Marquardt: %d iterations, objective %.6g -> %.6g",
                 it.n_iterations, start, end)
-    try:
-        cov = np.linalg.inv(normal_equations(r, jac, len(x))[0].toarray())
-    except np.linalg.LinAlgError:
-        cov = None
+    cov = normal_equations(r, jac, problem.structure).covariance()
     return x, end, it.n_iterations, cov, start
