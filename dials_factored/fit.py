@@ -18,9 +18,8 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from scitbx.array_family import flex
-from scitbx.lstbx import normal_eqns, normal_eqns_solving
 
+from dials_factored import lm
 from dials_factored.collective import world
 from dials_factored.model.partiality import rotation_sigma_z, stills_partiality
 from dials_factored.reference import merged
@@ -210,6 +209,16 @@ class FactoredTarget:
         self.obs = obs
         self.layout = layout
         self.priors = priors
+        #: nodes whose priors this process adds (None: all; see ``shares``)
+        self.prior_nodes = None
+        self.shared_rows = []
+
+    def objective(self, r: np.ndarray) -> float:
+        """½ Σ r² over all ranks, the rows that every rank holds counted once."""
+        own = 0.5 * float(r @ r)
+        if world().rank != 0 and self.shared_rows:
+            own -= 0.5 * float(np.sum(r[self.shared_rows] ** 2))
+        return world().sum(own)
 
     def scale_model(self, x: np.ndarray):
         """J_model per reflection and its pieces (G·B_term, p, ∂log p/∂log R0, ∂log p/∂log η).
@@ -262,6 +271,7 @@ class FactoredTarget:
     def evaluate(self, x: np.ndarray, need_jacobian: bool = True):
         o, lay = self.obs, self.layout
         rows, cols, vals, res = [], [], [], []
+        self.shared_rows = []
         n = 0
 
         def add(r, entries):
@@ -279,8 +289,11 @@ class FactoredTarget:
             n += len(r)
 
         def add_row(value, columns, weight):
-            """One residual ``value`` depending on many parameters with one weight."""
+            """One residual ``value`` depending on many parameters with one weight; such
+            rows are the same on every rank (their entries: this rank's share) and
+            enter the normal equations as low-rank terms (``self.shared_rows``)."""
             nonlocal n
+            self.shared_rows.append(n)
             res.append(np.array([value]))
             if need_jacobian:
                 rows.append(np.full(len(columns), n))
@@ -341,9 +354,9 @@ class FactoredTarget:
                 (lay.log_eta, -dmodel * share_m / o.sigma_mz[s])])
 
         # Priors: once per run (the data rows of all ranks are summed in the normal
-        # equations, so only rank 0 adds them)
-        if world().rank == 0:
-            self._add_priors(x, add, add_row)
+        # equations): those of the global parameters on rank 0, those of a still's
+        # parameters on the rank that holds the still (``prior_nodes``)
+        self._add_priors(x, add, add_row)
 
         r = np.concatenate(res)
         if not need_jacobian:
@@ -353,26 +366,35 @@ class FactoredTarget:
     def _add_priors(self, x: np.ndarray, add, add_row) -> None:
         """The prior and smoothness rows (``add``/``add_row`` as in ``evaluate``)."""
         o, lay, pri = self.obs, self.layout, self.priors
-        add(np.array([(x[lay.log_r0] - pri.log_r0_mean) / pri.log_r0_sigma]),
-            [(lay.log_r0, 1.0 / pri.log_r0_sigma)])
-        add(np.array([(x[lay.log_eta] - pri.log_eta_mean) / pri.log_eta_sigma]),
-            [(lay.log_eta, 1.0 / pri.log_eta_sigma)])
-        add(x[lay.b] / pri.b_sigma, [(np.arange(lay.b.start, lay.b.stop), 1.0 / pri.b_sigma)])
+        first = world().rank == 0
+        nodes = (np.arange(lay.n_nodes) if self.prior_nodes is None
+                 else np.flatnonzero(self.prior_nodes))
+        if first:
+            add(np.array([(x[lay.log_r0] - pri.log_r0_mean) / pri.log_r0_sigma]),
+                [(lay.log_r0, 1.0 / pri.log_r0_sigma)])
+            add(np.array([(x[lay.log_eta] - pri.log_eta_mean) / pri.log_eta_sigma]),
+                [(lay.log_eta, 1.0 / pri.log_eta_sigma)])
+        add(x[lay.b][nodes] / pri.b_sigma, [(lay.b.start + nodes, 1.0 / pri.b_sigma)])
         if lay.n_orient:
             for block, sigma in ((lay.orient_x, pri.orient_sigma), (lay.orient_y, pri.orient_sigma),
                                  (lay.cell_scale, pri.cell_scale_sigma)):
-                cols_ = np.arange(block.start, block.stop)
-                add(x[block] / sigma, [(cols_, 1.0 / sigma)])
+                cols_ = block.start + nodes
+                add(x[cols_] / sigma, [(cols_, 1.0 / sigma)])
         if pri.gauge_sigma:
             n_nodes, w = lay.n_nodes, 1.0 / (lay.n_nodes * pri.gauge_sigma)
-            add_row(x[lay.log_g].mean() / pri.gauge_sigma, np.arange(n_nodes), w)
-            add_row(x[lay.b].mean() / pri.gauge_sigma, np.arange(n_nodes, 2 * n_nodes), w)
+            total = world().sum(np.array([x[lay.log_g][nodes].sum(), x[lay.b][nodes].sum()]))
+            add_row(total[0] / n_nodes / pri.gauge_sigma, nodes, w)
+            add_row(total[1] / n_nodes / pri.gauge_sigma, n_nodes + nodes, w)
         a, b = o.node_pairs
+        if self.prior_nodes is not None:
+            a, b = a[self.prior_nodes[a]], b[self.prior_nodes[a]]
         if len(a):
             add((x[lay.log_g][b] - x[lay.log_g][a]) / pri.smooth_log_g,
                 [(a, -1.0 / pri.smooth_log_g), (b, 1.0 / pri.smooth_log_g)])
             add((x[lay.b][b] - x[lay.b][a]) / pri.smooth_b,
                 [(lay.n_nodes + a, -1.0 / pri.smooth_b), (lay.n_nodes + b, 1.0 / pri.smooth_b)])
+        if not first:
+            return
         if pri.log_r1_sigma:
             for block in {lay.log_r1a.start, lay.log_r1b.start}:
                 cols_ = np.arange(block, block + lay.n_width)
@@ -384,20 +406,65 @@ class FactoredTarget:
                 add((x[block + b] - x[block + a]) / pri.smooth_log_r1,
                     [(block + a, -1.0 / pri.smooth_log_r1), (block + b, 1.0 / pri.smooth_log_r1)])
 
-class NormalEquations(normal_eqns.non_linear_ls_mixin):
-    """The normal equations of a ``FactoredTarget`` for scitbx's Levenberg–Marquardt.
+@dataclass
+class Shares:
+    """Which blocks of the parameter vector this process holds (MPI ranks hold stills).
 
-    Implements the interface of
-    ``scitbx.lstbx.normal_eqns_solving.levenberg_marquardt_iterations_encapsulated_eqns``.
+    A block is *held* by the ranks with reflections in it; one held by several ranks
+    (a rotation sweep whose images are split) is summed over them every step and held
+    by all; one nobody has rows for is held by rank 0.  ``counted`` marks the
+    parameters this rank counts in vector reductions (each exactly once over ranks):
+    its own blocks' and, on rank 0, the shared blocks' and the global ones.
+    """
+
+    held: np.ndarray  # block indices eliminated here
+    weight: np.ndarray  # share of each held block in S, h (1 or 0)
+    shared: np.ndarray  # blocks summed over ranks each step
+    prior_blocks: np.ndarray  # bool per block: its prior rows are added here
+    counted: np.ndarray  # bool per parameter
+
+
+def shares(target: FactoredTarget, structure: Structure) -> Shares:
+    """The shares of this rank (one process: everything).
+
+    Costs one sum of n_blocks numbers per minimisation (not per iteration).
+    """
+    n = structure.n_blocks
+    first = world().rank == 0
+    node_block = structure.block_of[target.layout.log_g]
+    if world().size == 1:
+        return Shares(np.arange(n), np.ones(n), np.zeros(0, int), np.ones(n, bool),
+                      np.ones(structure.size, bool))
+    present = np.zeros(n, bool)
+    present[node_block[target.obs.k0]] = True
+    present[node_block[target.obs.k1]] = True
+    count = world().sum(present.astype(float))
+    shared = count > 1
+    prior_blocks = (present & ~shared) | (first & ((count == 0) | shared))
+    held = np.flatnonzero((present & ~shared) | shared | (first & (count == 0)))
+    weight = np.where(shared[held], float(first), 1.0)
+    counted = np.where(structure.local, prior_blocks[np.maximum(structure.block_of, 0)], first)
+    return Shares(held, weight, np.flatnonzero(shared), prior_blocks, counted)
+
+
+class NormalEquations:
+    """The normal equations of a ``FactoredTarget`` for Levenberg–Marquardt (:mod:`.lm`).
+
     The normal matrix JᵀJ is held in the block-arrow form of :mod:`dials_factored.schur`
     (small dense blocks per still or sweep, the global block, the rank-2 gauge term)
-    and the step is solved by eliminating the blocks: no object of size n_p².
+    and the step is solved by eliminating the blocks: no object of size n_p².  Under
+    MPI a rank holds and updates only its own stills' parameters (and the global ones);
+    the ranks exchange the reduced (n_global + 2)² system and a few scalars per step.
     """
 
     def __init__(self, target: FactoredTarget, x0: np.ndarray,
                  relative_decrease: float | None = None):
         self.target = target
         self.structure = target.layout.structure(target.obs.node_pairs)
+        self.shares = shares(target, self.structure)
+        node_block = self.structure.block_of[target.layout.log_g]
+        target.prior_nodes = (None if world().size == 1
+                              else self.shares.prior_blocks[node_block])
         self.x = np.asarray(x0, dtype=float).copy()
         self.old_x = None
         self._objective = 0.0
@@ -408,32 +475,38 @@ class NormalEquations(normal_eqns.non_linear_ls_mixin):
         self._before = None  # objective before the last step taken
         self._gain = None  # relative decrease of the last accepted step
 
-    def parameter_vector_norm(self):
-        return float(np.linalg.norm(self.x))
+    # reductions over the parameter vector (each parameter counted once over ranks)
+    def dot(self, u: np.ndarray, v: np.ndarray) -> float:
+        c = self.shares.counted
+        return world().sum(float(u[c] @ v[c]))
+
+    def max_abs(self, v: np.ndarray) -> float:
+        c = self.shares.counted
+        return world().max(float(np.max(np.abs(v[c]), initial=0.0)))
+
+    def max_diagonal(self) -> float:
+        c = self.shares.counted
+        return world().max(float(np.max(self._normal.diagonal()[c], initial=-np.inf)))
 
     def objective(self):
         return self._objective
 
-    def get_normal_matrix_diagonal(self):
-        return flex.double(self._normal.diagonal())
-
     def add_constant_to_diagonal(self, mu):
         self._normal.add_to_diagonal(mu)
 
-    def opposite_of_gradient(self):
-        return flex.double(self._rhs)
+    def opposite_of_gradient(self) -> np.ndarray:
+        return self._rhs
 
     def solve(self):
         if (self.relative_decrease is not None and self._gain is not None
                 and self._gain < self.relative_decrease):
-            # the last accepted step gained too little: a zero step ends scitbx's loop
-            # (its own objective_decrease_threshold also ends it on a *rejected* step)
+            # the last accepted step gained too little: a zero step ends the LM loop
             self._step = np.zeros(len(self.x))
             return
-        self._step = self._normal.solve()
+        self._step = self._normal.solve(_reduce if world().size > 1 else None)
 
-    def step(self):
-        return flex.double(self._step)
+    def step(self) -> np.ndarray:
+        return self._step
 
     def step_forward(self):
         self.old_x = self.x.copy()
@@ -446,7 +519,7 @@ class NormalEquations(normal_eqns.non_linear_ls_mixin):
 
     def build_up(self, objective_only=False):
         r, jac = self.target.evaluate(self.x, need_jacobian=not objective_only)
-        self._objective = world().sum(0.5 * float(r @ r))
+        self._objective = self.target.objective(r)
         if self.best is None or self._objective < self.best[0]:
             self.best = (self._objective, self.x.copy())
         if objective_only:
@@ -454,44 +527,80 @@ class NormalEquations(normal_eqns.non_linear_ls_mixin):
         if self._before is not None:  # the step just taken was kept
             self._gain = (self._before - self._objective) / max(abs(self._before), 1e-300)
             self._before = None
-        self._normal = normal_equations(r, jac, self.structure)
+        self._normal = normal_equations(r, jac, self.structure, self.shares,
+                                        self.target.shared_rows)
         self._rhs = self.structure.join(self._normal.g_loc, self._normal.g_glob)
 
+    def gathered(self, x: np.ndarray) -> np.ndarray:
+        """The whole parameter vector on every rank (each rank's share summed once)."""
+        if world().size == 1:
+            return x
+        return world().sum(np.where(self.shares.counted, x, 0.0))
 
-def normal_equations(r: np.ndarray, jac, structure: Structure) -> BlockNormal:
-    """JᵀJ (block-arrow form) and −Jᵀr summed over the residuals of all ranks.
+
+def _reduce(s_part: np.ndarray, h_part: np.ndarray):
+    """S and h summed over ranks: (m' + 1)·m' numbers, whatever the number of stills."""
+    m = len(h_part)
+    both = world().sum(np.concatenate([s_part.ravel(), h_part]))
+    return both[:m * m].reshape(m, m), both[m * m:]
+
+
+def normal_equations(r: np.ndarray, jac, structure: Structure, share: Shares | None = None,
+                     low_rank_rows=None) -> BlockNormal:
+    """JᵀJ (block-arrow form) and −Jᵀr of this process's rows, ready for the solve.
 
     Per-image parameters couple only to their own image's reflections and to the
-    global ones (and, through the gauge priors, to the mean: the rank-2 term).
+    global ones (and, through the gauge priors ``low_rank_rows``, to the mean: the
+    rank-2 term).  Under MPI the global block C, g_g and the blocks held by several
+    ranks are summed here; the blocks' shares of the reduced system in the solve.
     """
-    normal = BlockNormal.from_jacobian(r, jac, structure)
-    if world().size > 1:
-        for name in ("a", "b", "c", "u_loc", "u_glob", "g_loc", "g_glob"):
-            setattr(normal, name, world().sum(getattr(normal, name)))
+    normal = BlockNormal.from_jacobian(r, jac, structure, low_rank_rows)
+    if share is None or world().size == 1:
+        return normal
+    normal.held, normal.weight = share.held, share.weight
+    k = structure.k
+    sh = share.shared
+    pieces = [normal.c, normal.u_glob, normal.g_glob, normal.a[sh], normal.b[sh],
+              normal.u_loc[sh], normal.g_loc[sh]]
+    flat = world().sum(np.concatenate([p.ravel() for p in pieces]))
+    out, at = [], 0
+    for p in pieces:
+        out.append(flat[at:at + p.size].reshape(p.shape))
+        at += p.size
+    normal.c, normal.u_glob, normal.g_glob = out[:3]
+    normal.a[sh], normal.b[sh], normal.u_loc[sh], normal.g_loc[sh] = out[3:]
+    if len(sh):  # the padded slots' unit diagonal was summed too
+        normal.a[sh] = np.where(structure.padding[sh][:, :, None]
+                                & np.eye(k, dtype=bool)[None], 1.0, normal.a[sh])
     return normal
 
 
 def minimise(target: FactoredTarget, x0: np.ndarray, max_iterations: int = 30,
              relative_step: float = 1e-6, relative_decrease: float | None = RELATIVE_DECREASE):
-    """Run scitbx Levenberg–Marquardt; returns (x, objective, iterations, covariance-ish,
-    objective at the start).
+    """Run Levenberg–Marquardt (:mod:`dials_factored.lm`); returns (x, objective,
+    iterations, covariance-ish, objective at the start).
 
     Stops after ``max_iterations``, when a step is shorter than ``relative_step``
     times the length of the parameter vector, or when a step lowers the objective by
     less than ``relative_decrease`` of it.  The fourth value gives entries of the
     inverse of the final normal matrix (the parameter covariance for residuals with
     unit variance; a :class:`dials_factored.schur.BlockCovariance`, indexed like an
-    array), or None if singular.
+    array, for this rank's stills), or None if singular.  Logs the bytes each LM
+    iteration sends to sums over ranks (independent of the number of stills).
     """
     problem = NormalEquations(target, x0, relative_decrease)
-    start = world().sum(0.5 * float(np.sum(target.evaluate(problem.x, False)[0] ** 2)))
-    it = normal_eqns_solving.levenberg_marquardt_iterations_encapsulated_eqns(
-        problem, n_max_iterations=max_iterations, gradient_threshold=1e-10,
-        step_threshold=relative_step)
+    sent = world().bytes_summed
+    start = target.objective(target.evaluate(problem.x, False)[0])
+    it = lm.Iterations(problem, max_iterations, gradient_threshold=1e-10,
+                       step_threshold=relative_step)
+    per_iteration = (world().bytes_summed - sent) / max(it.n_iterations, 1)
     x = problem.best[1]
     r, jac = target.evaluate(x, need_jacobian=True)
-    end = world().sum(0.5 * float(np.sum(r ** 2)))
-    logger.info("  Levenberg-Marquardt: %d iterations, objective %.6g -> %.6g",
-                it.n_iterations, start, end)
-    cov = normal_equations(r, jac, problem.structure).covariance()
+    end = target.objective(r)
+    normal = normal_equations(r, jac, problem.structure, problem.shares, target.shared_rows)
+    cov = normal.covariance(_reduce if world().size > 1 else None)
+    x = problem.gathered(x)
+    logger.info("  Levenberg-Marquardt: %d iterations, objective %.6g -> %.6g; %.0f bytes "
+                "summed over ranks per iteration", it.n_iterations, start, end, per_iteration)
+    minimise.bytes_per_iteration = per_iteration
     return x, end, it.n_iterations, cov, start

@@ -111,10 +111,12 @@ class BlockNormal:
     g_glob: np.ndarray
 
     @classmethod
-    def from_jacobian(cls, r: np.ndarray, jac, structure: Structure) -> BlockNormal:
+    def from_jacobian(cls, r: np.ndarray, jac, structure: Structure,
+                      low_rank_rows=None) -> BlockNormal:
         """Assemble from residuals r and the sparse Jacobian triplets (rows, cols, values).
 
-        Rows whose entries fall in more than one block become columns of U.
+        Rows whose entries fall in more than one block, and ``low_rank_rows`` (rows that
+        every MPI rank holds with its own share of the entries), become columns of U.
         """
         rows, cols, vals = (np.asarray(v) for v in jac)
         st = structure
@@ -123,6 +125,8 @@ class BlockNormal:
         local = blk >= 0
         lo, hi = _row_range(rows[local], blk[local], n_rows)
         cross = (hi >= 0) & (lo != hi)
+        if low_rank_rows is not None and len(low_rank_rows):
+            cross[np.asarray(low_rank_rows, dtype=int)] = True
         shape = (n_rows, st.size)
         jm = coo_matrix((vals, (rows, cols)), shape=shape).tocsr()
         g = -(jm.T @ r)
@@ -165,25 +169,29 @@ class BlockNormal:
         self.a[:, np.arange(k), np.arange(k)] += mu
         self.c[np.diag_indices_from(self.c)] += mu
 
+    #: blocks eliminated by this process (None: all) and the weight of each one's share
+    #: of S and h (a block held by several MPI ranks is counted on one of them)
+    held: np.ndarray | None = None
+    weight: np.ndarray | None = None
+
     # ---------------------------------------------------------------- elimination
 
-    def b_aug(self) -> np.ndarray:
-        """B' = [B, U_l] per block, (n, k, m + r)."""
-        return np.concatenate([self.b, self.u_loc], axis=2)
+    def _held(self) -> np.ndarray:
+        return np.arange(self.structure.n_blocks) if self.held is None else self.held
 
     def eliminate(self, pinv: bool = False):
-        """(X, y, S_part, h_part): the blocks' share of S and h (sums over the blocks held).
-
-        S_part = −Σ B'ᵀX and h_part = −Σ B'ᵀy; the caller adds C' and g' once.
-        """
-        bp = self.b_aug()
-        rhs = np.concatenate([self.g_loc[:, :, None], bp], axis=2)
-        if pinv:
-            sol = np.linalg.pinv(self.a) @ rhs
-        else:
-            sol = np.linalg.solve(self.a, rhs)
+        """(X, y, S_part, h_part) of the held blocks: X_s = A_s⁻¹B'_s, y_s = A_s⁻¹g_s,
+        S_part = −Σ w_s B'_sᵀX_s, h_part = −Σ w_s B'_sᵀy_s (the caller adds C', g')."""
+        held = self._held()
+        bp = np.concatenate([self.b[held], self.u_loc[held]], axis=2)  # B' = [B, U_l]
+        rhs = np.concatenate([self.g_loc[held][:, :, None], bp], axis=2)
+        a = self.a[held]
+        sol = np.linalg.pinv(a) @ rhs if pinv else np.linalg.solve(a, rhs)
         y, x = sol[:, :, 0], sol[:, :, 1:]
-        return x, y, -np.einsum("nki,nkj->ij", bp, x), -np.einsum("nki,nk->i", bp, y)
+        w = np.ones(len(held)) if self.weight is None else self.weight
+        s_part = -np.einsum("n,nki,nkj->ij", w, bp, x)
+        h_part = -np.einsum("n,nki,nk->i", w, bp, y)
+        return x, y, s_part, h_part
 
     def c_aug(self) -> tuple[np.ndarray, np.ndarray]:
         """C' = [[C, U_g], [U_gᵀ, −I]] and g' = [g_g; 0]."""
@@ -195,37 +203,46 @@ class BlockNormal:
         c[m:, m:] = -np.eye(r)
         return c, np.concatenate([self.g_glob, np.zeros(r)])
 
-    def solve(self, reduce=None) -> np.ndarray:
-        """The step δ with N δ = g, in parameter order.
-
-        ``reduce`` sums (S_part, h_part) over processes holding other blocks (None: one
-        process).  A singular block (no damping, no data) falls back to pseudo-inverses.
-        """
-        try:
-            x, y, s_part, h_part = self.eliminate()
-        except np.linalg.LinAlgError:
-            x, y, s_part, h_part = self.eliminate(pinv=True)
+    def _reduced(self, reduce, pinv: bool = False):
+        """X, y of the held blocks and the reduced system S, h (summed by ``reduce``)."""
+        x, y, s_part, h_part = self.eliminate(pinv)
         if reduce is not None:
             s_part, h_part = reduce(s_part, h_part)
         c, g = self.c_aug()
-        s, h = c + s_part, g + h_part
+        return x, y, c + s_part, g + h_part
+
+    def solve(self, reduce=None) -> np.ndarray:
+        """The step δ with N δ = g, in parameter order (0 for blocks not held).
+
+        ``reduce(S_part, h_part)`` sums the blocks' shares over the processes that hold
+        other blocks (None: one process holds them all); C and g_g must already be
+        complete.  A singular block (no damping, no data) falls back to pseudo-inverses.
+        """
+        try:
+            x, y, s, h = self._reduced(reduce)
+        except np.linalg.LinAlgError:
+            x, y, s, h = self._reduced(reduce, pinv=True)
         try:
             w = np.linalg.solve(s, h)
         except np.linalg.LinAlgError:
             w = np.linalg.lstsq(s, h, rcond=None)[0]
-        m = self.structure.n_global
-        return self.structure.join(y - x @ w, w[:m])
+        st = self.structure
+        loc = np.zeros((st.n_blocks, st.k))
+        loc[self._held()] = y - x @ w
+        return st.join(loc, w[:st.n_global])
 
     def covariance(self, reduce=None) -> BlockCovariance | None:
-        """Entries of N⁻¹ on demand, or None if N is singular."""
+        """Entries of N⁻¹ on demand (those of the held blocks), or None if N is singular."""
         try:
-            a_inv = np.linalg.inv(self.a)
-            x, _, s_part, _ = self.eliminate()
-            if reduce is not None:
-                s_part, _ = reduce(s_part, np.zeros(len(s_part)))
-            sigma = np.linalg.inv(self.c_aug()[0] + s_part)
+            held = self._held()
+            a_inv = np.zeros_like(self.a)
+            a_inv[held] = np.linalg.inv(self.a[held])
+            x_held, _, s, _ = self._reduced(reduce)
+            sigma = np.linalg.inv(s)
         except np.linalg.LinAlgError:
             return None
+        x = np.zeros((self.structure.n_blocks, self.structure.k, s.shape[0]))
+        x[held] = x_held
         return BlockCovariance(self.structure, a_inv, x, sigma)
 
 
