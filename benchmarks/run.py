@@ -8,7 +8,9 @@
   dials.factored_integrate on the first 100 stills (peak memory growth);
 * ``rotation``: a simulated 90 × 1° sweep, indexed and refined; DIALS route
   dials.integrate + dials.scale + dials.merge against dials.factored_integrate + dials.merge;
-* ``real``: both routes on the shared real sets with images (skipped when absent).
+* ``real``: both routes on the shared real sets with images (skipped when absent);
+* ``scale`` (not run by default): dials.factored_integrate on N = 1,000, 3,000 … small-panel
+  simulated stills, time per still and peak memory against N (:mod:`benchmarks.scale`).
 
 Every program's wall time and peak resident memory (its whole process tree) is recorded,
 and for simulated data the time to read and decode all images with dxtbx (1 and 2
@@ -31,11 +33,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks import real, simulated
+from benchmarks import real, scale, simulated
 from benchmarks import report as rp
 
 #: The modes, in the order they run.
-MODES = ("stills", "rotation", "real")
+MODES = ("stills", "rotation", "real", "scale")
 
 
 def _ints(text: str) -> list[int]:
@@ -61,8 +63,10 @@ def parser() -> argparse.ArgumentParser:
     """The command-line options."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.run",
                                 description=__doc__.splitlines()[0])
-    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
-                   help="what to benchmark (default: all three)")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES[:3]),
+                   help="what to benchmark (default: stills rotation real)")
+    p.add_argument("--scale-sizes", type=_ints, default=[1000, 3000], metavar="N[,N...]",
+                   help="scale mode: numbers of stills (default 1000,3000)")
     p.add_argument("--stills", type=int, default=simulated.DEFAULT_IMAGES["stills"],
                    help="number of simulated stills (default %(default)s)")
     p.add_argument("--rotation", type=int, default=simulated.DEFAULT_IMAGES["rotation"],
@@ -104,6 +108,8 @@ def parser() -> argparse.ArgumentParser:
 
 def run_mode(mode: str, args: argparse.Namespace) -> dict | None:
     """One mode's results (None: real data absent)."""
+    if mode == "scale":
+        return scale.run(args.scale_sizes, args.workdir / "scale")
     if mode == "real":
         return real.run(args.data, args.workdir, nproc=args.nproc, n_shells=args.shells,
                         names=args.real_sets)
