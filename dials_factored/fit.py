@@ -503,7 +503,7 @@ class NormalEquations:
             # the last accepted step gained too little: a zero step ends the LM loop
             self._step = np.zeros(len(self.x))
             return
-        self._step = self._normal.solve(_reduce if world().size > 1 else None)
+        self._step = self._normal.solve(_reduce)
 
     def step(self) -> np.ndarray:
         return self._step
@@ -555,7 +555,7 @@ def normal_equations(r: np.ndarray, jac, structure: Structure, share: Shares | N
     ranks are summed here; the blocks' shares of the reduced system in the solve.
     """
     normal = BlockNormal.from_jacobian(r, jac, structure, low_rank_rows)
-    if share is None or world().size == 1:
+    if share is None:
         return normal
     normal.held, normal.weight = share.held, share.weight
     k = structure.k
@@ -573,6 +573,15 @@ def normal_equations(r: np.ndarray, jac, structure: Structure, share: Shares | N
         normal.a[sh] = np.where(structure.padding[sh][:, :, None]
                                 & np.eye(k, dtype=bool)[None], 1.0, normal.a[sh])
     return normal
+
+
+def normal_bytes(structure: Structure, n_low_rank: int, n_shared: int) -> int:
+    """Bytes of one LM step's sums of the normal equations over ranks: C, U_g, g_g
+    (m² + m·r + m), the blocks held by several ranks and the reduced system S, h
+    (m'² + m', m' = m + r): independent of the number of stills."""
+    m, r, k = structure.n_global, n_low_rank, structure.k
+    return 8 * (m * m + m * r + m + n_shared * k * (k + m + r + 1)
+                + (m + r) ** 2 + (m + r))
 
 
 def minimise(target: FactoredTarget, x0: np.ndarray, max_iterations: int = 30,
@@ -598,9 +607,11 @@ def minimise(target: FactoredTarget, x0: np.ndarray, max_iterations: int = 30,
     r, jac = target.evaluate(x, need_jacobian=True)
     end = target.objective(r)
     normal = normal_equations(r, jac, problem.structure, problem.shares, target.shared_rows)
-    cov = normal.covariance(_reduce if world().size > 1 else None)
+    cov = normal.covariance(_reduce)
     x = problem.gathered(x)
     logger.info("  Levenberg-Marquardt: %d iterations, objective %.6g -> %.6g; %.0f bytes "
-                "summed over ranks per iteration", it.n_iterations, start, end, per_iteration)
-    minimise.bytes_per_iteration = per_iteration
+                "summed over ranks per iteration, %d of them the normal equations",
+                it.n_iterations, start, end, per_iteration,
+                normal_bytes(problem.structure, len(target.shared_rows),
+                             len(problem.shares.shared)))
     return x, end, it.n_iterations, cov, start

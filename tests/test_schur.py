@@ -166,3 +166,27 @@ def test_jacobian_of_chained_nodes():
     structure = layout.structure(obs.node_pairs)
     assert structure.n_blocks == 2 and structure.k == 12
     check(r, jac, structure, mu=0.01)
+
+
+def test_bytes_summed_per_iteration_do_not_depend_on_the_number_of_stills():
+    """What an LM step sums over ranks (the serial world counts it too) is O(1) in N."""
+    from dials_factored.collective import world
+    from dials_factored.fit import minimise
+
+    steps = []
+    for n_still in (12, 48):
+        rng = np.random.default_rng(7)
+        obs = stills_observations(rng, n_still=n_still)
+        obs.b1 = obs.b0 + 1
+        layout = Layout(n_still, 3, True, n_orient=n_still)
+        target = FactoredTarget(obs, layout, _priors())
+        sent = []
+        for n_it in (2, 4):
+            before = world().bytes_summed
+            minimise(target, _x0(layout, np.random.default_rng(8)), max_iterations=n_it,
+                     relative_step=0, relative_decrease=None)
+            sent.append(world().bytes_summed - before)
+        steps.append((sent[1] - sent[0]) / 2)
+    # (m + 2)² + m² + … numbers per step, m = 8 global parameters here
+    assert 0 < steps[0] < 8 * 400
+    assert steps[0] == steps[1]
