@@ -20,7 +20,7 @@ TAU = 1e-3  # scitbx's levenberg_marquardt_iterations.tau
 
 
 class Iterations:
-    """Run LM on ``problem`` (interface of :class:`dials_factored.fit.NormalEquations`)."""
+    """Run LM on ``problem`` (interface of :class:`dials_factored.normal.NormalEquations`)."""
 
     def __init__(self, problem, n_max_iterations: int, gradient_threshold: float | None,
                  step_threshold: float | None):
