@@ -136,7 +136,9 @@ def run(sizes: list[int], workdir: Path, extra: list[str] = ()) -> dict:
     t0 = time.time()
     sim = simulate(workdir, max(sizes))
     rows = [integrate(sim, n, workdir, list(extra)) for n in sorted(sizes)]
-    return {"mode": "scale", "detector": DETECTOR, "d_min": D_MIN, "seed": SEED,
+    truth = json.loads((sim / "truth" / "truth.json").read_text())["parameters"]
+    return {"mode": "scale", "simulation": {k: truth[k] for k in (
+                "seed", "n_images", "d_min", "detector_size")},
             "start_models": f"simulator truth perturbed: {ORIENT_ERROR_DEG}° rms per axis, "
                             f"cell {CELL_ERROR:g} rms",
             "integrate_args": ["nproc=1", *extra], "runs": rows, "report": table(rows),
