@@ -11,7 +11,9 @@
 * ``real``: both routes on the shared real sets with images (skipped when absent);
 * ``anomalous``: Se stills in P4₃ (indexing ambiguity) and P4₃2₁2 (control), CC_ano and
   anomalous map peak heights for both routes and the ideal estimator
-  (:mod:`benchmarks.anomalous`).
+  (:mod:`benchmarks.anomalous`);
+* ``scale`` (not run by default): dials.factored_integrate on N = 1,000, 3,000 … small-panel
+  simulated stills, time per still and peak memory against N (:mod:`benchmarks.scale`).
 
 Every program's wall time and peak resident memory (its whole process tree) is recorded,
 and for simulated data the time to read and decode all images with dxtbx (1 and 2
@@ -34,11 +36,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks import anomalous, real, simulated
+from benchmarks import anomalous, real, scale, simulated
 from benchmarks import report as rp
 
 #: The modes, in the order they run.
-MODES = ("stills", "rotation", "real", "anomalous")
+MODES = ("stills", "rotation", "real", "anomalous", "scale")
 
 
 def _ints(text: str) -> list[int]:
@@ -64,8 +66,10 @@ def parser() -> argparse.ArgumentParser:
     """The command-line options."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.run",
                                 description=__doc__.splitlines()[0])
-    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
-                   help="what to benchmark (default: all three)")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES[:3]),
+                   help="what to benchmark (default: stills rotation real)")
+    p.add_argument("--scale-sizes", type=_ints, default=[1000, 3000], metavar="N[,N...]",
+                   help="scale mode: numbers of stills (default 1000,3000)")
     p.add_argument("--stills", type=int, default=simulated.DEFAULT_IMAGES["stills"],
                    help="number of simulated stills (default %(default)s)")
     p.add_argument("--rotation", type=int, default=simulated.DEFAULT_IMAGES["rotation"],
@@ -113,6 +117,8 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict | None:
     if mode == "anomalous":
         return anomalous.run_both(anomalous.Settings(
             workdir=args.workdir / "anomalous", n_images=args.anomalous, nproc=args.nproc))
+    if mode == "scale":
+        return scale.run(args.scale_sizes, args.workdir / "scale")
     if mode == "real":
         return real.run(args.data, args.workdir, nproc=args.nproc, n_shells=args.shells,
                         names=args.real_sets)

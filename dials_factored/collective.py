@@ -17,8 +17,14 @@ class Serial:
 
     rank = 0
     size = 1
+    #: bytes this process sent to sums so far (one process: what MPI ranks would send)
+    bytes_summed = 0
+
+    def _count(self, values) -> None:
+        self.bytes_summed += 8 if np.isscalar(values) else 8 * np.size(values)
 
     def sum(self, values):
+        self._count(values)
         return values
 
     def min(self, value: float) -> float:
@@ -50,6 +56,7 @@ class MPIWorld(Serial):
     def sum(self, values):
         from mpi4py import MPI
 
+        self._count(values)
         if np.isscalar(values):
             return self.comm.allreduce(values, op=MPI.SUM)
         values = np.ascontiguousarray(values, dtype=float)

@@ -1,4 +1,4 @@
-"""The joint objective L(θ) = Σ r¹² + Σ r²² + priors, minimised by scitbx Levenberg–Marquardt.
+"""The joint objective L(θ) = Σ r¹² + Σ r²² + priors (minimised by LM in :mod:`.normal`).
 
 Target (residuals and their analytic sparse Jacobian) and minimiser are separate,
 as in ``dials/algorithms/scaling``.  Within one outer cycle the per-reflection
@@ -15,24 +15,17 @@ construction, which is the point of the factorisation (seed §5).
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.sparse import coo_matrix, csr_matrix, identity
-from scipy.sparse.linalg import MatrixRankWarning, spsolve
-from scitbx.array_family import flex
-from scitbx.lstbx import normal_eqns, normal_eqns_solving
 
 from dials_factored.collective import world
 from dials_factored.model.partiality import rotation_sigma_z, stills_partiality
 from dials_factored.reference import merged
 from dials_factored.residuals.shape import binned_frame_moment, truncation
+from dials_factored.schur import Structure
 
 logger = logging.getLogger(f"dials.{__name__}")
-#: LM stops when a step lowers the objective by less than this fraction: the outer
-#: cycles (new weights, R1 and I_ref) move the optimum by more than that anyway.
-RELATIVE_DECREASE = 1e-6
 
 
 @dataclass
@@ -90,6 +83,31 @@ class Layout:
     @property
     def size(self) -> int:
         return self._orient_start + 3 * self.n_orient
+
+    def structure(self, node_pairs=((), ())) -> Structure:
+        """The parameters as blocks (for :mod:`dials_factored.schur`) and globals.
+
+        A block is a run of scale nodes chained by ``node_pairs`` (consecutive nodes of
+        one sweep: the φ interpolation and smoothness rows couple them), so one block
+        per still or per rotation sweep; it holds those nodes' log G, B and, for stills,
+        δθx, δθy, δs.  R0, η and the R1 nodes are global.
+        """
+        n = self.n_nodes
+        a, b = (np.asarray(v, dtype=int) for v in node_pairs)
+        new = np.ones(n, bool)
+        new[b[b == a + 1]] = False
+        node_block = np.cumsum(new) - 1
+        first = np.flatnonzero(new)
+        rank = np.arange(n) - first[node_block]  # position of the node in its block
+        per_node = [self.log_g, self.b]
+        if self.n_orient:
+            per_node += [self.orient_x, self.orient_y, self.cell_scale]
+        block_of = np.full(self.size, -1)
+        slot_of = np.zeros(self.size, dtype=int)
+        for i, sl in enumerate(per_node):
+            block_of[sl] = node_block
+            slot_of[sl] = rank * len(per_node) + i
+        return Structure(block_of, slot_of)
 
 
 @dataclass
@@ -187,6 +205,16 @@ class FactoredTarget:
         self.obs = obs
         self.layout = layout
         self.priors = priors
+        #: nodes whose priors this process adds (None: all; see ``shares``)
+        self.prior_nodes = None
+        self.shared_rows = []
+
+    def objective(self, r: np.ndarray) -> float:
+        """½ Σ r² over all ranks, the rows that every rank holds counted once."""
+        own = 0.5 * float(r @ r)
+        if world().rank != 0 and self.shared_rows:
+            own -= 0.5 * float(np.sum(r[self.shared_rows] ** 2))
+        return world().sum(own)
 
     def scale_model(self, x: np.ndarray):
         """J_model per reflection and its pieces (G·B_term, p, ∂log p/∂log R0, ∂log p/∂log η).
@@ -239,6 +267,7 @@ class FactoredTarget:
     def evaluate(self, x: np.ndarray, need_jacobian: bool = True):
         o, lay = self.obs, self.layout
         rows, cols, vals, res = [], [], [], []
+        self.shared_rows = []
         n = 0
 
         def add(r, entries):
@@ -256,8 +285,11 @@ class FactoredTarget:
             n += len(r)
 
         def add_row(value, columns, weight):
-            """One residual ``value`` depending on many parameters with one weight."""
+            """One residual ``value`` depending on many parameters with one weight; such
+            rows are the same on every rank (their entries: this rank's share) and
+            enter the normal equations as low-rank terms (``self.shared_rows``)."""
             nonlocal n
+            self.shared_rows.append(n)
             res.append(np.array([value]))
             if need_jacobian:
                 rows.append(np.full(len(columns), n))
@@ -318,9 +350,9 @@ class FactoredTarget:
                 (lay.log_eta, -dmodel * share_m / o.sigma_mz[s])])
 
         # Priors: once per run (the data rows of all ranks are summed in the normal
-        # equations, so only rank 0 adds them)
-        if world().rank == 0:
-            self._add_priors(x, add, add_row)
+        # equations): those of the global parameters on rank 0, those of a still's
+        # parameters on the rank that holds the still (``prior_nodes``)
+        self._add_priors(x, add, add_row)
 
         r = np.concatenate(res)
         if not need_jacobian:
@@ -330,26 +362,35 @@ class FactoredTarget:
     def _add_priors(self, x: np.ndarray, add, add_row) -> None:
         """The prior and smoothness rows (``add``/``add_row`` as in ``evaluate``)."""
         o, lay, pri = self.obs, self.layout, self.priors
-        add(np.array([(x[lay.log_r0] - pri.log_r0_mean) / pri.log_r0_sigma]),
-            [(lay.log_r0, 1.0 / pri.log_r0_sigma)])
-        add(np.array([(x[lay.log_eta] - pri.log_eta_mean) / pri.log_eta_sigma]),
-            [(lay.log_eta, 1.0 / pri.log_eta_sigma)])
-        add(x[lay.b] / pri.b_sigma, [(np.arange(lay.b.start, lay.b.stop), 1.0 / pri.b_sigma)])
+        first = world().rank == 0
+        nodes = (np.arange(lay.n_nodes) if self.prior_nodes is None
+                 else np.flatnonzero(self.prior_nodes))
+        if first:
+            add(np.array([(x[lay.log_r0] - pri.log_r0_mean) / pri.log_r0_sigma]),
+                [(lay.log_r0, 1.0 / pri.log_r0_sigma)])
+            add(np.array([(x[lay.log_eta] - pri.log_eta_mean) / pri.log_eta_sigma]),
+                [(lay.log_eta, 1.0 / pri.log_eta_sigma)])
+        add(x[lay.b][nodes] / pri.b_sigma, [(lay.b.start + nodes, 1.0 / pri.b_sigma)])
         if lay.n_orient:
             for block, sigma in ((lay.orient_x, pri.orient_sigma), (lay.orient_y, pri.orient_sigma),
                                  (lay.cell_scale, pri.cell_scale_sigma)):
-                cols_ = np.arange(block.start, block.stop)
-                add(x[block] / sigma, [(cols_, 1.0 / sigma)])
+                cols_ = block.start + nodes
+                add(x[cols_] / sigma, [(cols_, 1.0 / sigma)])
         if pri.gauge_sigma:
             n_nodes, w = lay.n_nodes, 1.0 / (lay.n_nodes * pri.gauge_sigma)
-            add_row(x[lay.log_g].mean() / pri.gauge_sigma, np.arange(n_nodes), w)
-            add_row(x[lay.b].mean() / pri.gauge_sigma, np.arange(n_nodes, 2 * n_nodes), w)
+            total = world().sum(np.array([x[lay.log_g][nodes].sum(), x[lay.b][nodes].sum()]))
+            add_row(total[0] / n_nodes / pri.gauge_sigma, nodes, w)
+            add_row(total[1] / n_nodes / pri.gauge_sigma, n_nodes + nodes, w)
         a, b = o.node_pairs
+        if self.prior_nodes is not None:
+            a, b = a[self.prior_nodes[a]], b[self.prior_nodes[a]]
         if len(a):
             add((x[lay.log_g][b] - x[lay.log_g][a]) / pri.smooth_log_g,
                 [(a, -1.0 / pri.smooth_log_g), (b, 1.0 / pri.smooth_log_g)])
             add((x[lay.b][b] - x[lay.b][a]) / pri.smooth_b,
                 [(lay.n_nodes + a, -1.0 / pri.smooth_b), (lay.n_nodes + b, 1.0 / pri.smooth_b)])
+        if not first:
+            return
         if pri.log_r1_sigma:
             for block in {lay.log_r1a.start, lay.log_r1b.start}:
                 cols_ = np.arange(block, block + lay.n_width)
@@ -361,121 +402,8 @@ class FactoredTarget:
                 add((x[block + b] - x[block + a]) / pri.smooth_log_r1,
                     [(block + a, -1.0 / pri.smooth_log_r1), (block + b, 1.0 / pri.smooth_log_r1)])
 
-class NormalEquations(normal_eqns.non_linear_ls_mixin):
-    """The normal equations of a ``FactoredTarget`` for scitbx's Levenberg–Marquardt.
+# the minimiser lives in dials_factored.normal; kept importable from here
+from dials_factored.normal import RELATIVE_DECREASE, minimise, normal_equations  # noqa: E402
 
-    Implements the interface of
-    ``scitbx.lstbx.normal_eqns_solving.levenberg_marquardt_iterations_encapsulated_eqns``.
-    The normal matrix JᵀJ is built with scipy.sparse from the sparse Jacobian and kept
-    dense (a few hundred parameters at most per fit), which is far faster than adding
-    the rows one by one to a scitbx sparse matrix.
-    """
-
-    def __init__(self, target: FactoredTarget, x0: np.ndarray,
-                 relative_decrease: float | None = None):
-        self.target = target
-        self.x = np.asarray(x0, dtype=float).copy()
-        self.old_x = None
-        self._objective = 0.0
-        self._normal = None
-        self._rhs = None
-        self._step = None
-        self.best = None  # (objective, x) of the best point evaluated
-        self.relative_decrease = relative_decrease
-        self._before = None  # objective before the last step taken
-        self._gain = None  # relative decrease of the last accepted step
-
-    def parameter_vector_norm(self):
-        return float(np.linalg.norm(self.x))
-
-    def objective(self):
-        return self._objective
-
-    def get_normal_matrix_diagonal(self):
-        return flex.double(self._normal.diagonal().copy())
-
-    def add_constant_to_diagonal(self, mu):
-        self._normal = self._normal + mu * identity(self._normal.shape[0], format="csr")
-
-    def opposite_of_gradient(self):
-        return flex.double(self._rhs)
-
-    def solve(self):
-        if (self.relative_decrease is not None and self._gain is not None
-                and self._gain < self.relative_decrease):
-            # the last accepted step gained too little: a zero step ends scitbx's loop
-            # (its own objective_decrease_threshold also ends it on a *rejected* step)
-            self._step = np.zeros(len(self.x))
-            return
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", MatrixRankWarning)
-            step = spsolve(self._normal.tocsc(), self._rhs)
-        if not np.all(np.isfinite(step)):  # singular: least squares
-            step = np.linalg.lstsq(self._normal.toarray(), self._rhs, rcond=None)[0]
-        self._step = step
-
-    def step(self):
-        return flex.double(self._step)
-
-    def step_forward(self):
-        self.old_x = self.x.copy()
-        self.x = self.x + self._step
-        self._before = self._objective
-
-    def step_backward(self):
-        self.x = self.old_x
-        self._before = None
-
-    def build_up(self, objective_only=False):
-        r, jac = self.target.evaluate(self.x, need_jacobian=not objective_only)
-        self._objective = world().sum(0.5 * float(r @ r))
-        if self.best is None or self._objective < self.best[0]:
-            self.best = (self._objective, self.x.copy())
-        if objective_only:
-            return
-        if self._before is not None:  # the step just taken was kept
-            self._gain = (self._before - self._objective) / max(abs(self._before), 1e-300)
-            self._before = None
-        self._normal, self._rhs = normal_equations(r, jac, len(self.x))
-
-
-def normal_equations(r: np.ndarray, jac, n_parameters: int):
-    """JᵀJ (sparse) and −Jᵀr summed over the residuals of all ranks.
-
-    Per-image parameters couple only to their own image's reflections and to the
-    global ones (and, through the gauge priors, to the mean), so JᵀJ is sparse and
-    is solved as such.
-    """
-    jm = coo_matrix((jac[2], (jac[0], jac[1])), shape=(len(r), n_parameters)).tocsr()
-    normal = (jm.T @ jm).tocsr()
-    if world().size > 1:
-        normal = csr_matrix(world().sum(normal.toarray()))
-    return normal, world().sum(-(jm.T @ r))
-
-
-def minimise(target: FactoredTarget, x0: np.ndarray, max_iterations: int = 30,
-             relative_step: float = 1e-6, relative_decrease: float | None = RELATIVE_DECREASE):
-    """Run scitbx Levenberg–Marquardt; returns (x, objective, iterations, covariance-ish,
-    objective at the start).
-
-    Stops after ``max_iterations``, when a step is shorter than ``relative_step``
-    times the length of the parameter vector, or when a step lowers the objective by
-    less than ``relative_decrease`` of it.  The last value is the inverse of the
-    final normal matrix (the parameter covariance for residuals with unit
-    variance), or None if singular.
-    """
-    problem = NormalEquations(target, x0, relative_decrease)
-    start = world().sum(0.5 * float(np.sum(target.evaluate(problem.x, False)[0] ** 2)))
-    it = normal_eqns_solving.levenberg_marquardt_iterations_encapsulated_eqns(
-        problem, n_max_iterations=max_iterations, gradient_threshold=1e-10,
-        step_threshold=relative_step)
-    x = problem.best[1]
-    r, jac = target.evaluate(x, need_jacobian=True)
-    end = world().sum(0.5 * float(np.sum(r ** 2)))
-    logger.info("  Levenberg-Marquardt: %d iterations, objective %.6g -> %.6g",
-                it.n_iterations, start, end)
-    try:
-        cov = np.linalg.inv(normal_equations(r, jac, len(x))[0].toarray())
-    except np.linalg.LinAlgError:
-        cov = None
-    return x, end, it.n_iterations, cov, start
+__all__ = ["RELATIVE_DECREASE", "FactoredTarget", "Layout", "Observations", "Priors",
+           "corrected_excitation", "minimise", "normal_equations"]

@@ -1,0 +1,165 @@
+"""The scale benchmark: dials.factored_integrate on N simulated small-panel stills.
+
+``python -m benchmarks.scale --sizes 300,1000,3000`` (issue 19): one simulation of the
+largest N (384 × 384 pixel panel, 2.5 Å at the corners, ~100 spots per still), then
+for every N the first N stills are integrated **from the simulator's true models
+perturbed by typical stills-indexing errors** (no dials.ssx_index, which would dominate
+the time): each crystal rotated about a random axis by a Gaussian angle of
+``ORIENT_ERROR_DEG`` rms per axis and its reciprocal cell scaled by 1 + N(0,
+``CELL_ERROR``²).  Printed and written to ``benchmarks/results/<date>-scale.json``:
+N, wall time, time per still, peak resident memory of the process tree (psutil, MiB),
+LM iterations (per cycle), the first outer cycle's seconds, the bytes each LM iteration
+sums over ranks, and the CC to truth of the merged intensities (overall and by shell).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import report as rp
+from dials_factored import dials_programs as dp
+from dials_factored import evaluate as ev
+
+D_MIN = 2.5
+DETECTOR = (384, 384)
+SEED = 19
+#: rms per axis of the orientation error of indexed stills (degrees)
+ORIENT_ERROR_DEG = 0.03
+#: rms relative error of the reciprocal cell of indexed stills
+CELL_ERROR = 0.001
+
+
+def simulate(workdir: Path, n_images: int) -> Path:
+    """The simulated set in ``workdir/sim`` (reused when it holds enough stills)."""
+    sim = workdir / "sim"
+    truth = sim / "truth" / "models.expt"
+    if truth.is_file() and _n_experiments(truth) >= n_images:
+        rp.progress(f"reusing {n_images}+ simulated stills in {sim}")
+        return sim
+    sim.mkdir(parents=True, exist_ok=True)
+    dp.run_program("dials.factored_simulate",
+                   ["mode=stills", f"seed={SEED}", f"n_images={n_images}", f"d_min={D_MIN}",
+                    f"detector.size={DETECTOR[0]},{DETECTOR[1]}"], sim,
+                   expect=["truth/models.expt", "truth/truth.mtz"])
+    return sim
+
+
+def _n_experiments(expt: Path) -> int:
+    return len(json.loads(expt.read_text())["experiment"])
+
+
+def perturbed_models(sim: Path, n: int, out: Path, seed: int = 0) -> Path:
+    """The first ``n`` true models with indexing-sized orientation and cell errors."""
+    from dxtbx.model.experiment_list import ExperimentList, ExperimentListFactory
+    from scitbx import matrix
+
+    experiments = ExperimentListFactory.from_json_file(
+        str(sim / "truth" / "models.expt"), check_format=False)
+    rng = np.random.default_rng(seed)
+    subset = ExperimentList()
+    for expt in experiments[:n]:
+        crystal = expt.crystal
+        rotvec = rng.normal(0.0, np.radians(ORIENT_ERROR_DEG), 3)
+        angle = float(np.linalg.norm(rotvec))
+        rot = matrix.col(tuple(rotvec / angle)).axis_and_angle_as_r3_rotation_matrix(angle)
+        crystal.set_U(rot * matrix.sqr(crystal.get_U()))
+        crystal.set_B(matrix.sqr(crystal.get_B()) * (1.0 + rng.normal(0.0, CELL_ERROR)))
+        subset.append(expt)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subset.as_file(str(out))
+    return out
+
+
+def cc_to_truth(sim: Path, run_dir: Path, n_shells: int = 10) -> dict:
+    """CC of the merged intensities (I/g averaged per unique reflection) to the truth."""
+    truth = ev.prepare_truth(ev.read_mtz_intensities(sim / "truth" / "truth.mtz"), D_MIN)
+    observations = ev.read_scaled_table(run_dir / "factored.expt", run_dir / "factored.refl")
+    merged = observations.merge_equivalents().array()
+    shells = ev.Shells(truth.d_spacings().data().as_numpy_array(), n_shells)
+    score = ev.score_merged(merged, truth, shells)
+    return {"overall": score.overall.cc, "by_shell": [row.cc for row in score.shells]}
+
+
+def integrate(sim: Path, n: int, workdir: Path, extra: list[str]) -> dict:
+    """dials.factored_integrate on the first ``n`` perturbed stills, measured."""
+    run_dir = workdir / f"n{n}"
+    models = perturbed_models(sim, n, run_dir / "models.expt")
+    run = dp.run_program("dials.factored_integrate", [str(models), "nproc=1", *extra],
+                         run_dir, expect=["factored.refl", "factored_parameters.json"])
+    history = json.loads((run_dir / "factored_parameters.json").read_text())["history"]
+    log = (run_dir / "dials.factored_integrate.log").read_text()
+    sent = [float(v) for v in re.findall(r"([\d.e+]+) bytes summed over ranks", log)]
+    normal = [int(v) for v in re.findall(r"(\d+) of them the normal equations", log)]
+    row = {
+        "n_stills": n,
+        "wall_time_s": run.wall_time,
+        "time_per_still_s": run.wall_time / n,
+        "peak_rss_mb": run.peak_rss_mb,
+        "lm_iterations": [h["iterations"] for h in history],
+        "cycle_seconds": [h["seconds"] for h in history],
+        "bytes_summed_per_lm_iteration": sent,
+        "bytes_normal_equations_per_lm_iteration": normal,
+        "cc_truth": cc_to_truth(sim, run_dir),
+    }
+    rp.progress(f"N={n}: {row['wall_time_s']:.1f} s, {1e3 * row['time_per_still_s']:.1f} ms/still, "
+                f"peak RSS {row['peak_rss_mb']:.0f} MiB, LM {row['lm_iterations']}, first cycle "
+                f"{row['cycle_seconds'][0]:.1f} s, CC_truth {row['cc_truth']['overall']:.4f}")
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    """The Markdown table of the runs (ratios to the smallest N)."""
+    lines = ["| N | wall (s) | ms/still | ratio | peak RSS (MiB) | ratio | first cycle (s) "
+             "| LM iterations | bytes/LM iteration (normal eq.) | CC_truth |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    base = rows[0]
+    for r in rows:
+        lines.append(
+            f"| {r['n_stills']} | {r['wall_time_s']:.1f} | {1e3 * r['time_per_still_s']:.1f} "
+            f"| {r['time_per_still_s'] / base['time_per_still_s']:.2f} "
+            f"| {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / base['peak_rss_mb']:.2f} "
+            f"| {r['cycle_seconds'][0]:.1f} | {sum(r['lm_iterations'])} "
+            f"| {max(r['bytes_summed_per_lm_iteration'], default=0):.0f} "
+            f"({max(r['bytes_normal_equations_per_lm_iteration'], default=0)}) "
+            f"| {r['cc_truth']['overall']:.4f} |")
+    return "\n".join(lines)
+
+
+def run(sizes: list[int], workdir: Path, extra: list[str] = ()) -> dict:
+    """Simulate once, integrate every size; the results (``report`` is the table)."""
+    t0 = time.time()
+    sim = simulate(workdir, max(sizes))
+    rows = [integrate(sim, n, workdir, list(extra)) for n in sorted(sizes)]
+    truth = json.loads((sim / "truth" / "truth.json").read_text())["parameters"]
+    return {"mode": "scale", "simulation": {k: truth[k] for k in (
+                "seed", "n_images", "d_min", "detector_size")},
+            "start_models": f"simulator truth perturbed: {ORIENT_ERROR_DEG}° rms per axis, "
+                            f"cell {CELL_ERROR:g} rms",
+            "integrate_args": ["nproc=1", *extra], "runs": rows, "report": table(rows),
+            "wall_time_s": time.time() - t0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.scale",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="300,1000,3000",
+                   help="numbers of stills (default %(default)s)")
+    p.add_argument("--workdir", type=Path, default=rp.REPO / "benchmarks" / "work" / "scale")
+    p.add_argument("--results", type=Path, default=rp.REPO / "benchmarks" / "results")
+    p.add_argument("extra", nargs="*", help="extra dials.factored_integrate parameters")
+    args = p.parse_args(argv)
+    results = run([int(s) for s in args.sizes.split(",")], args.workdir, args.extra)
+    path = rp.write_results(results, args.results, "scale")
+    print(results["report"])
+    rp.progress(f"scale: results in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
