@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import report as rp
-from dials_factored import dials_programs as dp
-from dials_factored import evaluate as ev
+from harness import dials_programs as dp
+from harness import evaluate as ev
 
 D_MIN = 2.5
 DETECTOR = (384, 384)
