@@ -195,10 +195,10 @@ def resolve(experiments, strong, symmetry: crystal.symmetry, reference=None) -> 
     if len(ops) == 1 or n < 2:
         summary["reindexed"] = [0] * len(ops)
         return summary
-    if "intensity.sum.value" not in strong:
-        logger.warning("Warning: the lattice allows %d settings but the input reflections "
-                       "have no intensity.sum.value to choose between them: left as indexed",
-                       len(ops))
+    if strong is None or "intensity.sum.value" not in strong:
+        logger.warning("Warning: the lattice allows %d settings but there are no strong "
+                       "spots with intensity.sum.value to choose between them: left as "
+                       "indexed", len(ops))
         summary["reindexed"] = None
         return summary
     crystal_id = to_numpy(strong["id"]).astype(int)

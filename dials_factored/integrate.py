@@ -162,6 +162,30 @@ def _resolve_ambiguity(experiments, strong, symmetry, params) -> dict | None:
     return ambiguity.resolve(experiments, strong, symmetry, reference)
 
 
+def _anomalous_from_data(table, symmetry, group, j, var_j, obs_scale):
+    """anomalous=auto without an anomalous reference: after the first cycle, keep Bijvoet
+    mates apart from now on if the data carry a significant anomalous signal (CC_ano½ of
+    J/scale above 3/√n over n ≥ 100 Bijvoet pairs; under MPI the ranks' values are
+    averaged, weighted by n).  Returns (anomalous, group)."""
+    from dials_factored.arrays import miller_keys
+    from dials_factored.statistics import anomalous_signal
+
+    world = collective.world()
+    ok = (obs_scale > 0) & np.isfinite(j) & np.isfinite(var_j)
+    plus = miller_keys(to_numpy(asu_groups(table["miller_index"], symmetry, True)[0])) == \
+        miller_keys(to_numpy(asu_groups(table["miller_index"], symmetry, False)[0]))
+    cc, n = anomalous_signal(group[ok], plus[ok], j[ok] / obs_scale[ok])
+    n_all = world.sum(int(n))
+    cc = world.sum(float(np.nan_to_num(cc) * n)) / max(n_all, 1)
+    significant = n_all >= 100 and cc > 3 / np.sqrt(n_all)
+    logger.info("Anomalous signal after cycle 1: CC_ano½ = %.3f over %d Bijvoet pairs: "
+                "Bijvoet mates %s", cc, n_all,
+                "kept apart from now on (anomalous=auto)" if significant else "stay merged")
+    if not significant:
+        return False, group
+    return True, global_groups(asu_groups(table["miller_index"], symmetry, True)[0])
+
+
 def _rotation_geometry(zc, zeta, d, s0_len, osc):
     """(z_c, |dε/dφ| = |s0||ζ|, DIALS's ζ_u = ζ/sin 2θ, Δφ) per rotation reflection."""
     sin_2theta = np.sin(2.0 * np.arcsin(np.clip(1.0 / (2.0 * d * s0_len), 0.0, 1.0)))
@@ -324,6 +348,7 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
     rbw_sq = bandwidth_sq(d, 1.0 / s0_len, params.beam.bandwidth) if stills else np.zeros(len(d))
     ext_ref = references.load(params.reference, symmetry, world.min(float(d.min())))
     anomalous = references.keeps_bijvoet_mates_apart(params.anomalous, ext_ref)
+    # (anomalous=auto without an anomalous reference is decided after cycle 1 from the data)
     asu = asu_groups(table["miller_index"], symmetry, anomalous)[0]
     group = global_groups(asu)
     ref_values = (ext_ref.intensities(asu, anomalous) if ext_ref is not None
@@ -440,6 +465,9 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
         x, objective, n_iter, cov, start = minimise(target, x, params.refinement.max_iterations)
         obs_scale = (_scale(x, layout, nodes, inv_4d2, excitation(x), rbw_sq, stills)
                      * attenuation)
+        if cycle == 0 and params.anomalous == "auto" and not anomalous:
+            anomalous, group = _anomalous_from_data(table, symmetry, group, j, var_j,
+                                                    np.where(informative, obs_scale, 0.0))
         i_ref = np.where(external, ref_values, references.merged(
             group, j, var_j, np.where(informative, obs_scale, 0.0)))
         j_expected = _expected(obs_scale * i_ref, j, var_j)
