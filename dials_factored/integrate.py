@@ -167,7 +167,6 @@ def _anomalous_from_data(table, symmetry, group, j, var_j, obs_scale):
     mates apart from now on if the data carry a significant anomalous signal (CC_ano½ of
     J/scale above 3/√n over n ≥ 100 Bijvoet pairs; under MPI the ranks' values are
     averaged, weighted by n).  Returns (anomalous, group)."""
-    from dials_factored.arrays import miller_keys
     from dials_factored.statistics import anomalous_signal
 
     world = collective.world()
@@ -702,99 +701,6 @@ def _expected(j_model: np.ndarray, j: np.ndarray, var_j: np.ndarray) -> np.ndarr
     observed_floor = j - GROSS_EXCESS * np.sqrt(np.maximum(var_j, 0.0) + np.maximum(j, 0.0))
     amplitude = np.where(np.isfinite(j_model), np.maximum(j_model, observed_floor), j)
     return np.maximum(amplitude, 0.0)
-
-
-def add_observed_geometry(table, experiments, strong) -> None:
-    """Add ``xyzobs.mm.*`` and the ``strong``/``used_in_refinement`` flags of the input.
-
-    dials.two_theta_refine (xia2.multiplex) refines the cell from integrated reflections
-    that were strong spots used in refinement; the flags are copied from the input
-    table's rows with the same experiment and Miller index.
-    """
-    table.centroid_px_to_mm(experiments)
-    if strong is None or len(strong) == 0 or "miller_index" not in strong:
-        return
-    key = _row_keys(table)
-    for flag in (strong.flags.strong, strong.flags.used_in_refinement):
-        flagged = strong.select(strong.get_flags(flag))
-        if len(flagged):
-            hit = np.isin(key, _row_keys(flagged))
-            table.set_flags(flex.bool(hit.tolist()), flag)
-
-
-def _row_keys(table) -> np.ndarray:
-    return miller_keys(to_numpy(table["miller_index"]), to_numpy(table["id"]))
-
-
-def apply_orientation_corrections(experiments, parameters, table=None) -> int:
-    """Correct each still's crystal by its fitted rotation and cell scale
-    (A → (1 + δs)·R(ω)·A); returns how many.
-
-    ω = (δθx, δθy, 0) in the lab frame and δs, as fitted by the stills post-refinement (to
-    first order ε moves by ŝ1·(ω×q) + δs·ŝ1·q, see ``_excitation_gradients``).  With
-    ``table`` (the output reflections) the predicted geometry of the corrected stills' rows
-    is recomputed from the new A, so that table and experiments agree (see
-    ``_repredict_stills``).
-    """
-    from scitbx import matrix
-
-    rotated = []
-    for node in parameters["nodes"]:
-        if "rotation_x_deg" not in node:
-            continue
-        crystal = experiments[node["experiment"]].crystal
-        rot = (matrix.col((1.0, 0.0, 0.0)).axis_and_angle_as_r3_rotation_matrix(
-            node["rotation_x_deg"], deg=True)
-            * matrix.col((0.0, 1.0, 0.0)).axis_and_angle_as_r3_rotation_matrix(
-            node["rotation_y_deg"], deg=True))
-        crystal.set_A((1.0 + node.get("cell_scale", 0.0)) * rot * matrix.sqr(crystal.get_A()))
-        rotated.append(node["experiment"])
-    if table is not None and rotated and len(table):
-        _repredict_stills(table, experiments, rotated)
-    return len(rotated)
-
-
-def _repredict_stills(table, experiments, rotated) -> None:
-    """``s1``, ``excitation_error``, ``xyzcal.mm``/``xyzcal.px`` and ``panel`` of the rows
-    of the experiments ``rotated`` from their crystals' current A, as
-    ``prediction.predict`` computes them (ε = |A·h + s0| − |s0|, s1 along A·h + s0,
-    DIALS's ray_intersection).  Every row gets its new s1 and ε; a row whose new ray
-    misses the detector keeps its old position.  ``lp`` and ``qe`` stay those the
-    intensities were corrected with.
-    """
-    from dials.algorithms.spot_prediction import ray_intersection
-
-    from dials_factored.prediction import _add_pixel_positions
-
-    ids = to_numpy(table["id"]).astype(int)
-    hkl = to_numpy(table["miller_index"]).astype(float)
-    for i in sorted(set(rotated)):
-        rows = np.flatnonzero(ids == i)
-        if len(rows) == 0:
-            continue
-        expt = experiments[i]
-        a_mat = np.asarray(expt.crystal.get_A(), dtype=float).reshape(3, 3)
-        s0 = np.asarray(expt.beam.get_s0(), dtype=float)
-        k = hkl[rows] @ a_mat.T + s0
-        k_len = np.linalg.norm(k, axis=1)
-        s1 = k / k_len[:, None] * np.linalg.norm(s0)
-        sub = flex.reflection_table()
-        sub["s1"] = flex.vec3_double(s1)
-        sub["entering"] = flex.bool(len(rows), False)
-        sub["phi"] = flex.double(len(rows), 0.0)
-        hit = ray_intersection(expt.detector, sub)
-        z = to_numpy(table["xyzcal.px"])[rows, 2]
-        every = flex.size_t(rows.tolist())
-        table["s1"].set_selected(every, sub["s1"])
-        table["excitation_error"].set_selected(every, flex.double(k_len - np.linalg.norm(s0)))
-        sub = sub.select(hit)
-        _add_pixel_positions(sub, expt.detector, frame=0.0)
-        at = flex.size_t(rows[to_numpy(hit)].tolist())
-        px = to_numpy(sub["xyzcal.px"])
-        px[:, 2] = z[to_numpy(hit)]
-        table["xyzcal.mm"].set_selected(at, sub["xyzcal.mm"])
-        table["xyzcal.px"].set_selected(at, flex.vec3_double(px))
-        table["panel"].set_selected(at, sub["panel"])
 
 
 def zc_to_phi(experiments, ids, zc):

@@ -203,7 +203,8 @@ def test_orientation_update_matches_the_fits_linearisation(run):
     from dxtbx.model.experiment_list import ExperimentListFactory
 
     from dials_factored import prediction
-    from dials_factored.integrate import _excitation_gradients, apply_orientation_corrections
+    from dials_factored.integrate import _excitation_gradients
+    from dials_factored.output_geometry import apply_orientation_corrections
 
     sim, _ = run
     experiments = ExperimentListFactory.from_json_file(str(sim / "truth" / "models.expt"),
