@@ -149,23 +149,45 @@ def ideal_merged(observations: dict, symmetry, seed: int = 0) -> miller.array:
     return obs.set_observation_type_xray_intensity().map_to_asu().merge_equivalents().array()
 
 
+def _coset_rotations(symmetry) -> list[set]:
+    """The rotation matrices (as int tuples) of each coset of the crystal's point group in
+    the lattice's: the settings a crystal can be indexed in."""
+    import cctbx.sgtbx.cosets as cosets
+    from cctbx.sgtbx import lattice_symmetry
+
+    to_niggli = symmetry.change_of_basis_op_to_niggli_cell()
+    lattice = lattice_symmetry.group(symmetry.change_basis(to_niggli).unit_cell(),
+                                     max_delta=3.0).change_basis(to_niggli.inverse())
+    partitions = cosets.left_decomposition(
+        lattice.build_derived_point_group(),
+        symmetry.space_group().build_derived_point_group()).partitions
+    return [{tuple(int(round(v)) for v in op.r().as_double()) for op in part}
+            for part in partitions]
+
+
 def right_setting_fraction(factored_expt: Path, truth_expt: Path) -> float:
-    """Fraction of stills whose output crystal is in the majority setting relative to the
-    truth (A_out ≈ A_true·M with M the same twin operator for all; the gauge is free)."""
+    """Fraction of stills in the majority setting relative to the truth.
+
+    M = A_true⁻¹·A_out is an operator of the lattice's point group; crystals are in the
+    same setting when their M lie in the same coset of the crystal's point group (the
+    setting of the whole set is a gauge).
+    """
     from dxtbx.model.experiment_list import ExperimentListFactory
 
     out = ExperimentListFactory.from_json_file(str(factored_expt), check_format=False)
     true = ExperimentListFactory.from_json_file(str(truth_expt), check_format=False)
     by_image = {e.imageset.get_path(0): e for e in true}
+    cosets = _coset_rotations(true[0].crystal.get_crystal_symmetry())
     labels = []
     for e in out:
         t = by_image.get(e.imageset.get_path(0))
         if t is None:
             continue
-        m = np.linalg.solve(np.reshape(t.crystal.get_A(), (3, 3)),
-                            np.reshape(e.crystal.get_A(), (3, 3)))
-        labels.append(tuple(np.round(m).astype(int).ravel()))
+        m = np.round(np.linalg.solve(np.reshape(t.crystal.get_A(), (3, 3)),
+                                     np.reshape(e.crystal.get_A(), (3, 3)))).astype(int)
+        forms = {tuple(m.ravel()), tuple(m.T.ravel()),
+                 tuple(np.round(np.linalg.inv(m)).astype(int).ravel())}
+        labels.append(next((k for k, c in enumerate(cosets) if forms & c), -1))
     if not labels:
         return float("nan")
-    _, counts = np.unique(np.array(labels), axis=0, return_counts=True)
-    return float(counts.max() / len(labels))
+    return float(np.bincount(np.array(labels) + 1).max() / len(labels))
