@@ -77,13 +77,17 @@ def perturbed_models(sim: Path, n: int, out: Path, seed: int = 0) -> Path:
 
 
 def cc_to_truth(sim: Path, run_dir: Path, n_shells: int = 10) -> dict:
-    """CC of the merged intensities (I/g averaged per unique reflection) to the truth."""
+    """CC of dials.merge's merged intensities to the truth, overall and by shell
+    (the scoring of :mod:`dials_factored.evaluate`, as in the other benchmarks)."""
+    dp.run_program("dials.merge", ["factored.expt", "factored.refl", *dp.MERGE_ARGS], run_dir,
+                   expect=["merged.mtz"])
     truth = ev.prepare_truth(ev.read_mtz_intensities(sim / "truth" / "truth.mtz"), D_MIN)
-    observations = ev.read_scaled_table(run_dir / "factored.expt", run_dir / "factored.refl")
-    merged = observations.merge_equivalents().array()
+    merged = ev.read_mtz_intensities(run_dir / "merged.mtz")
     shells = ev.Shells(truth.d_spacings().data().as_numpy_array(), n_shells)
-    score = ev.score_merged(merged, truth, shells)
-    return {"overall": score.overall.cc, "by_shell": [row.cc for row in score.shells]}
+    unmerged = ev.read_scaled_table(run_dir / "factored.expt", run_dir / "factored.refl")
+    score = ev.score_merged(merged, truth, shells, unmerged=unmerged)
+    return {"overall": score.overall.cc, "by_shell": [row.cc for row in score.shells],
+            "z_rms": score.overall.z_rms}
 
 
 def integrate(sim: Path, n: int, workdir: Path, extra: list[str]) -> dict:
@@ -111,6 +115,50 @@ def integrate(sim: Path, n: int, workdir: Path, extra: list[str]) -> dict:
                 f"peak RSS {row['peak_rss_mb']:.0f} MiB, LM {row['lm_iterations']}, first cycle "
                 f"{row['cycle_seconds'][0]:.1f} s, CC_truth {row['cc_truth']['overall']:.4f}")
     return row
+
+
+def lm_cpu(sizes: list[int], per: int = 100, n_iterations: int = 5) -> list[dict]:
+    """CPU seconds of ``fit.minimise`` alone (``n_iterations`` LM steps and the final
+    covariance) on synthetic stills of ``per`` reflections (random statistics with the
+    fit's structure: 5 parameters per still, 5 R1 nodes, gauge priors): the cost of the
+    linear algebra and the Jacobian against N, without image passes or load noise."""
+    from dials_factored.fit import FactoredTarget, Layout, Observations, Priors, minimise
+
+    rows = []
+    for n_still in sorted(sizes):
+        rng = np.random.default_rng(7)
+        n = n_still * per
+        r1, n_bins = 0.002, 5
+        b0 = rng.integers(0, n_bins - 1, n)
+        obs = Observations(
+            j=rng.exponential(300, n) + 5, sigma_j=rng.uniform(5, 30, n),
+            i_ref=rng.exponential(400, n) + 10, attenuation=np.ones(n),
+            inv_4d2=1 / (4 * rng.uniform(2.0, 8.0, n) ** 2), k0=np.repeat(np.arange(n_still), per),
+            k1=np.repeat(np.arange(n_still), per), w=np.zeros(n), use1=rng.random(n) > 0.1,
+            group=None, bootstrapped=np.zeros(n, bool), stills=True,
+            eps=rng.normal(0, 4e-4, n), rbw_sq=np.full(n, 1e-8), use2=rng.random(n) > 0.5,
+            m_a=np.full(n, 0.5 * r1 ** 2), m_b=np.full(n, 0.6 * r1 ** 2),
+            sigma_a=np.full(n, 0.1 * r1 ** 2), sigma_b=np.full(n, 0.1 * r1 ** 2),
+            area=np.full(n, 1e-7), window_a=np.full(n, 9 * r1 ** 2),
+            window_b=np.full(n, 9 * r1 ** 2), b0=b0, b1=b0 + 1, u=rng.random(n),
+            deps_x=rng.normal(0, 0.3, n), deps_y=rng.normal(0, 0.3, n),
+            deps_s=rng.normal(0, 0.2, n),
+            width_pairs=(np.arange(n_bins - 1), np.arange(1, n_bins)))
+        layout = Layout(n_still, n_bins, False, n_orient=n_still)
+        priors = Priors(np.log(5e-4), 0.5, np.log(5e-4), 1.0, 20.0, 0.1, 2.0, 0.3,
+                        log_r1_mean=np.log(r1), log_r1_sigma=0.5, gauge_sigma=0.01)
+        x0 = np.zeros(layout.size)
+        x0[layout.log_r0] = x0[layout.log_eta] = np.log(5e-4)
+        x0[layout.log_r1a] = np.log(r1)
+        cpu = time.process_time()
+        minimise(FactoredTarget(obs, layout, priors), x0, max_iterations=n_iterations,
+                 relative_step=0, relative_decrease=None)
+        cpu = time.process_time() - cpu
+        rows.append({"n_stills": n_still, "n_parameters": layout.size, "cpu_s": cpu,
+                     "cpu_per_still_ms": 1e3 * cpu / n_still})
+        rp.progress(f"LM only, N={n_still}: {cpu:.2f} s CPU for {n_iterations} iterations "
+                    f"({1e3 * cpu / n_still:.2f} ms per still)")
+    return rows
 
 
 def table(rows: list[dict]) -> str:
@@ -142,6 +190,7 @@ def run(sizes: list[int], workdir: Path, extra: list[str] = ()) -> dict:
             "start_models": f"simulator truth perturbed: {ORIENT_ERROR_DEG}° rms per axis, "
                             f"cell {CELL_ERROR:g} rms",
             "integrate_args": ["nproc=1", *extra], "runs": rows, "report": table(rows),
+            "environment": rp.environment(),
             "wall_time_s": time.time() - t0}
 
 
@@ -152,8 +201,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="numbers of stills (default %(default)s)")
     p.add_argument("--workdir", type=Path, default=rp.REPO / "benchmarks" / "work" / "scale")
     p.add_argument("--results", type=Path, default=rp.REPO / "benchmarks" / "results")
+    p.add_argument("--lm-only", action="store_true",
+                   help="time fit.minimise alone on synthetic stills of these sizes")
     p.add_argument("extra", nargs="*", help="extra dials.factored_integrate parameters")
     args = p.parse_args(argv)
+    if args.lm_only:
+        rows = lm_cpu([int(s) for s in args.sizes.split(",")])
+        path = rp.write_results({"mode": "scale-lm", "runs": rows,
+                                 "environment": rp.environment()}, args.results, "scale-lm")
+        rp.progress(f"scale-lm: results in {path}")
+        return 0
     results = run([int(s) for s in args.sizes.split(",")], args.workdir, args.extra)
     path = rp.write_results(results, args.results, "scale")
     print(results["report"])

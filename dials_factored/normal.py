@@ -218,7 +218,7 @@ def minimise(target: FactoredTarget, x0: np.ndarray, max_iterations: int = 30,
     array, for this rank's stills), or None if singular.  Logs the bytes each LM
     iteration sends to sums over ranks (independent of the number of stills).
     """
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     problem = NormalEquations(target, x0, relative_decrease)
     sent = world().bytes_summed
     start = target.objective(target.evaluate(problem.x, False)[0])
@@ -231,9 +231,10 @@ def minimise(target: FactoredTarget, x0: np.ndarray, max_iterations: int = 30,
     normal = normal_equations(r, jac, problem.structure, problem.shares, target.shared_rows)
     cov = normal.covariance(_reduce)
     x = problem.gathered(x)
-    logger.info("  Levenberg-Marquardt: %d iterations, objective %.6g -> %.6g, %.2f s; %.0f "
-                "bytes summed over ranks per iteration, %d of them the normal equations",
-                it.n_iterations, start, end, time.time() - t0, per_iteration,
+    logger.info("  Levenberg-Marquardt: %d iterations, objective %.6g -> %.6g, %.2f s (CPU "
+                "%.2f s); %.0f bytes summed over ranks per iteration, %d of them the normal "
+                "equations", it.n_iterations, start, end, time.time() - t0,
+                time.process_time() - cpu0, per_iteration,
                 normal_bytes(problem.structure, len(target.shared_rows),
                              len(problem.shares.shared)))
     return x, end, it.n_iterations, cov, start
