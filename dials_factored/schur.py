@@ -231,16 +231,25 @@ class BlockNormal:
         loc[self._held()] = y - x @ w
         return st.join(loc, w[:st.n_global])
 
-    def covariance(self, reduce=None) -> BlockCovariance | None:
-        """Entries of N⁻¹ on demand (those of the held blocks), or None if N is singular."""
+    def covariance(self, reduce=None) -> BlockCovariance:
+        """Entries of N⁻¹ on demand (those of the held blocks).
+
+        A singular block (a still without a usable reflection) or reduced system falls
+        back to pseudo-inverses: the undetermined directions get variance 0 (they carry
+        no observation), the others stay right.
+        """
+        held = self._held()
+        a_inv = np.zeros_like(self.a)
         try:
-            held = self._held()
-            a_inv = np.zeros_like(self.a)
             a_inv[held] = np.linalg.inv(self.a[held])
             x_held, _, s, _ = self._reduced(reduce)
+        except np.linalg.LinAlgError:
+            a_inv[held] = np.linalg.pinv(self.a[held])
+            x_held, _, s, _ = self._reduced(reduce, pinv=True)
+        try:
             sigma = np.linalg.inv(s)
         except np.linalg.LinAlgError:
-            return None
+            sigma = np.linalg.pinv(s)
         x = np.zeros((self.structure.n_blocks, self.structure.k, s.shape[0]))
         x[held] = x_held
         return BlockCovariance(self.structure, a_inv, x, sigma)

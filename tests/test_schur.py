@@ -190,3 +190,25 @@ def test_bytes_summed_per_iteration_do_not_depend_on_the_number_of_stills():
     # (m + 2)² + m² + … numbers per step, m = 8 global parameters here
     assert 0 < steps[0] < 8 * 400
     assert steps[0] == steps[1]
+
+
+def test_a_still_without_data_keeps_the_others_variances():
+    """A block with no rows at all (a still without a usable reflection, no priors on it)
+    is singular; the covariance must still be given (it was None, so that every scale
+    factor variance became 0) and the other blocks' variances must be those of the
+    problem without that still."""
+    rng = np.random.default_rng(7)
+    k = 4
+    r, (rows, cols, vals), st = random_problem(rng, n_blocks=8, k=k)
+    empty = 3
+    mine = (cols >= empty * k) & (cols < (empty + 1) * k)
+    gauge_rows = np.unique(rows[mine & (np.bincount(rows)[rows] > k + 2)])
+    drop = mine & ~np.isin(rows, gauge_rows)  # its data and prior rows, not the gauge rows
+    keep = ~drop
+    rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    cov = BlockNormal.from_jacobian(r, (rows, cols, vals), st).covariance()
+    assert cov is not None
+    variances = cov.variances()
+    assert np.all(np.isfinite(variances)) and np.all(variances >= 0)
+    others = np.flatnonzero(st.block_of != empty)
+    assert np.all(variances[others] > 0)
