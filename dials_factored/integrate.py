@@ -36,6 +36,7 @@ from dials_factored.fit import (
     corrected_excitation,
     minimise,
 )
+from dials_factored.hot_pixels import stills_hot_mask
 from dials_factored.merging import asu_groups, global_groups, symmetry_of
 from dials_factored.model.partiality import (
     bandwidth_sq,
@@ -273,8 +274,9 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
                       boxes, float(params.detector.read_noise) ** 2)
         t = time.time()
         try:
+            hot = stills_hot_mask(jobs, params.detector.gain) if stills else None
             extract(experiments, table, boxes, jobs, plan, store.pixels,
-                    gain=params.detector.gain, progress=progress, nproc=params.nproc)
+                    gain=params.detector.gain, progress=progress, nproc=params.nproc, hot=hot)
             error = None
         except ValueError as e:
             error = str(e)
@@ -425,7 +427,8 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
                      * attenuation)
         i_ref = np.where(external, ref_values, references.merged(
             group, j, var_j, np.where(informative, obs_scale, 0.0)))
-        j_expected = _expected(obs_scale * i_ref, j, var_j)
+        j_expected = _expected(obs_scale * references.with_shell_means(i_ref, 4 * inv_4d2),
+                               j, var_j)
         if stills and active is None:
             p_now = _partiality(x, layout, excitation(x), inv_4d2, rbw_sq)
             active = p_now ** (1 / PRUNE_WIDEN ** 2) >= params.prediction.partiality_floor

@@ -200,5 +200,31 @@ def bootstrap(group: np.ndarray, j: np.ndarray, var_j: np.ndarray, scale: np.nda
     return mean, var, n_others
 
 
+def with_shell_means(i_ref: np.ndarray, inv_d2: np.ndarray, n_bins: int = 20) -> np.ndarray:
+    """``i_ref`` with each NaN (no reference) replaced by the mean I_ref of its resolution
+    bin (equal widths in 1/d², ``n_bins`` of them, over all ranks): the Wilson prior mean.
+
+    Only for the amplitude behind the model-expected *variance* of observations of
+    reflections with no informative observation: without it that variance was taken
+    at the observation's own J, and a weak spot observed low got a σ from its
+    background alone (on 40 stills at 0.05 photons/px the 1088 such observations had
+    mean z −0.36 against the truth and 24 of the 37 with |z| > 4).  Averaged over the
+    Wilson distribution of the true amplitudes the variance at the shell mean is the
+    mean variance.  Bins with no reference stay NaN.
+    """
+    w = world()
+    has = np.isfinite(i_ref)
+    if has.all():
+        return i_ref
+    lo = w.min(float(inv_d2.min()) if len(inv_d2) else np.inf)
+    hi = w.max(float(inv_d2.max()) if len(inv_d2) else -np.inf)
+    span = max(hi - lo, 1e-12)
+    b = np.clip(((inv_d2 - lo) / span * n_bins).astype(int), 0, n_bins - 1)
+    total = w.sum(np.bincount(b[has], weights=i_ref[has], minlength=n_bins))
+    count = w.sum(np.bincount(b[has], minlength=n_bins).astype(float))
+    mean = np.where(count > 0, total / np.where(count > 0, count, 1.0), np.nan)
+    return np.where(has, i_ref, mean[b])
+
+
 __all__ = ["Reference", "ArrayReference", "ReferenceError_", "check", "check_symmetry",
-           "from_mtz", "from_model", "load", "bootstrap", "merged"]
+           "from_mtz", "from_model", "load", "bootstrap", "merged", "with_shell_means"]
