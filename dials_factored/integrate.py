@@ -427,8 +427,7 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
                      * attenuation)
         i_ref = np.where(external, ref_values, references.merged(
             group, j, var_j, np.where(informative, obs_scale, 0.0)))
-        j_expected = _expected(obs_scale * references.with_shell_means(i_ref, 4 * inv_4d2),
-                               j, var_j)
+        j_expected = _expected(_model_or_prior(obs_scale, i_ref, j, inv_4d2), j, var_j)
         if stills and active is None:
             p_now = _partiality(x, layout, excitation(x), inv_4d2, rbw_sq)
             active = p_now ** (1 / PRUNE_WIDEN ** 2) >= params.prediction.partiality_floor
@@ -644,6 +643,14 @@ def _relative_error(group, j, var_j, obs_scale, informative) -> float:
         columns = [np.concatenate(c) for c in zip(*collective.world().allgather(
             [c[use] for c in columns]))]
     return fit_relative_error(*columns)
+
+
+def _model_or_prior(obs_scale, i_ref, j, inv_4d2):
+    """J_model = scale·I_ref, and for observations with no I_ref the posterior mean of
+    their amplitude under the Wilson prior of their resolution (``reference``)."""
+    prior = obs_scale * references.with_shell_means(i_ref, 4 * inv_4d2)
+    return np.where(np.isfinite(i_ref), obs_scale * i_ref,
+                    references.posterior_amplitude(j, prior))
 
 
 def _expected(j_model: np.ndarray, j: np.ndarray, var_j: np.ndarray) -> np.ndarray:
