@@ -427,7 +427,8 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
                      * attenuation)
         i_ref = np.where(external, ref_values, references.merged(
             group, j, var_j, np.where(informative, obs_scale, 0.0)))
-        j_expected = _expected(_model_or_prior(obs_scale, i_ref, j, inv_4d2), j, var_j)
+        j_expected = _expected(_model_or_prior(obs_scale, i_ref, j, inv_4d2, group,
+                                               informative & (obs_scale > 0)), j, var_j)
         if stills and active is None:
             p_now = _partiality(x, layout, excitation(x), inv_4d2, rbw_sq)
             active = p_now ** (1 / PRUNE_WIDEN ** 2) >= params.prediction.partiality_floor
@@ -645,11 +646,19 @@ def _relative_error(group, j, var_j, obs_scale, informative) -> float:
     return fit_relative_error(*columns)
 
 
-def _model_or_prior(obs_scale, i_ref, j, inv_4d2):
-    """J_model = scale·I_ref, and for observations with no I_ref the posterior mean of
-    their amplitude under the Wilson prior of their resolution (``reference``)."""
-    prior = obs_scale * references.with_shell_means(i_ref, 4 * inv_4d2)
-    return np.where(np.isfinite(i_ref), obs_scale * i_ref,
+def _model_or_prior(obs_scale, i_ref, j, inv_4d2, group, informative):
+    """J_model = scale·I_ref where other informative observations of the reflection
+    exist; else (no I_ref, or an I_ref that is the observation's own J/scale) the
+    posterior mean of the amplitude under the Wilson prior of its resolution
+    (``reference.posterior_amplitude``): a reference made of the observation alone
+    carries no information about it, and the variance at its own J is too small when
+    the J came out low."""
+    n = int(collective.world().max(int(group.max()) + 1 if len(group) else 0))
+    others = collective.group_sum(group, informative.astype(float), n)[group] - informative
+    alone = np.isfinite(i_ref) & (others < 0.5)
+    shared = np.where(alone, np.nan, i_ref)
+    prior = obs_scale * references.with_shell_means(shared, 4 * inv_4d2)
+    return np.where(np.isfinite(shared), obs_scale * shared,
                     references.posterior_amplitude(j, prior))
 
 
