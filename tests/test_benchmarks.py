@@ -111,3 +111,6 @@ def test_issue18_cases_are_modes_with_their_parameters():
         unit_cell=(1, 1, 1, 90, 90, 90), bandwidth=0.002), "readnoise")
     assert inputs.factored_args == ["beam.bandwidth=0.002", "detector.gain=10",
                                     "detector.read_noise=0.3"]
+    # both routes get the gain, and a trusted range that keeps negative pixels
+    assert simulated.CASES["readnoise"].import_args == (
+        "geometry.detector.panel.gain=10", "geometry.detector.panel.trusted_range=-61,1000000")
