@@ -9,9 +9,12 @@
 * ``rotation``: a simulated 90 × 1° sweep, indexed and refined; DIALS route
   dials.integrate + dials.scale + dials.merge against dials.factored_integrate + dials.merge;
 * ``real``: both routes on the shared real sets with images (skipped when absent);
-* ``anomalous``: Se stills in P4₃ (indexing ambiguity) and P4₃2₁2 (control), CC_ano and
-  anomalous map peak heights for both routes and the ideal estimator
-  (:mod:`benchmarks.anomalous`);
+* ``lowbg`` and ``readnoise`` (issue 18): 100 simulated stills on a 1024×1024 panel at
+  0.05 photons/px of background, photon counting and on an integrating detector (gain
+  10, read noise 0.3 photons), both routes as for ``stills``, with the rms z target;
+* ``anomalous`` (not run by default): Se stills in P4₃ (indexing ambiguity) and P4₃2₁2
+  (control), CC_ano and anomalous map peak heights for both routes and the ideal
+  estimator (:mod:`benchmarks.anomalous`);
 * ``scale`` (not run by default): dials.factored_integrate on N = 1,000, 3,000 … small-panel
   simulated stills, time per still and peak memory against N (:mod:`benchmarks.scale`).
 
@@ -40,7 +43,9 @@ from benchmarks import anomalous, real, scale, simulated
 from benchmarks import report as rp
 
 #: The modes, in the order they run.
-MODES = ("stills", "rotation", "real", "anomalous", "scale")
+MODES = ("stills", "rotation", "real", *simulated.CASES, "anomalous", "scale")
+#: What ``make bench`` runs without --modes (the others are long or for one issue).
+DEFAULT_MODES = ("stills", "rotation", "real", *simulated.CASES)
 
 
 def _ints(text: str) -> list[int]:
@@ -66,8 +71,8 @@ def parser() -> argparse.ArgumentParser:
     """The command-line options."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.run",
                                 description=__doc__.splitlines()[0])
-    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES[:3]),
-                   help="what to benchmark (default: stills rotation real)")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(DEFAULT_MODES),
+                   help=f"what to benchmark (default: {' '.join(DEFAULT_MODES)})")
     p.add_argument("--scale-sizes", type=_ints, default=[1000, 3000], metavar="N[,N...]",
                    help="scale mode: numbers of stills (default 1000,3000)")
     p.add_argument("--stills", type=int, default=simulated.DEFAULT_IMAGES["stills"],
@@ -80,6 +85,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", type=_detector, default=simulated.PILATUS_6M,
                    metavar="FAST,SLOW",
                    help="simulated panel size in pixels (default 2463,2527, a Pilatus 6M)")
+    p.add_argument("--case-stills", type=int, default=simulated.CASE_IMAGES,
+                   help="stills of the lowbg and readnoise cases (default %(default)s)")
+    p.add_argument("--case-detector", type=_detector, default=simulated.CASE_DETECTOR,
+                   metavar="FAST,SLOW",
+                   help="panel of the lowbg and readnoise cases (default 1024,1024)")
     p.add_argument("--d-min", type=float, default=1.8,
                    help="resolution at the detector corners (Å, default %(default)s)")
     p.add_argument("--memory-sizes", type=_ints, default=[100], metavar="N[,N...]",
@@ -122,11 +132,16 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict | None:
     if mode == "real":
         return real.run(args.data, args.workdir, nproc=args.nproc, n_shells=args.shells,
                         names=args.real_sets)
+    case = mode in simulated.CASES
+    n_images = (args.case_stills if case else args.stills if mode == "stills"
+                else args.rotation)
     settings = simulated.Settings(
-        mode=mode, n_images=args.stills if mode == "stills" else args.rotation,
+        mode=mode, n_images=n_images,
         workdir=args.workdir / mode, nproc=args.nproc, n_shells=args.shells,
-        detector=args.detector, d_min=args.d_min, reuse=args.reuse, timeout=args.timeout,
-        memory_sizes=args.memory_sizes, ranks=args.ranks, mpirun=args.mpirun)
+        detector=args.case_detector if case else args.detector, d_min=args.d_min,
+        reuse=args.reuse, timeout=args.timeout,
+        memory_sizes=() if case else args.memory_sizes, ranks=() if case else args.ranks,
+        mpirun=args.mpirun)
     return simulated.run(settings)
 
 

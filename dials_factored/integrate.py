@@ -36,6 +36,7 @@ from dials_factored.fit import (
     corrected_excitation,
     minimise,
 )
+from dials_factored.hot_pixels import stills_hot_mask
 from dials_factored.merging import asu_groups, global_groups, symmetry_of
 from dials_factored.model.partiality import (
     bandwidth_sq,
@@ -308,8 +309,9 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
                       boxes, float(params.detector.read_noise) ** 2)
         t = time.time()
         try:
+            hot = stills_hot_mask(jobs, params.detector.gain) if stills else None
             extract(experiments, table, boxes, jobs, plan, store.pixels,
-                    gain=params.detector.gain, progress=progress, nproc=params.nproc)
+                    gain=params.detector.gain, progress=progress, nproc=params.nproc, hot=hot)
             error = None
         except ValueError as e:
             error = str(e)
@@ -469,7 +471,8 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
                                                     np.where(informative, obs_scale, 0.0))
         i_ref = np.where(external, ref_values, references.merged(
             group, j, var_j, np.where(informative, obs_scale, 0.0)))
-        j_expected = _expected(obs_scale * i_ref, j, var_j)
+        j_expected = _expected(_model_or_prior(obs_scale, i_ref, j, inv_4d2, group,
+                                               informative & (obs_scale > 0)), j, var_j)
         if stills and active is None:
             p_now = _partiality(x, layout, excitation(x), inv_4d2, rbw_sq)
             active = p_now ** (1 / PRUNE_WIDEN ** 2) >= params.prediction.partiality_floor
@@ -686,6 +689,22 @@ def _relative_error(group, j, var_j, obs_scale, informative) -> float:
         columns = [np.concatenate(c) for c in zip(*collective.world().allgather(
             [c[use] for c in columns]))]
     return fit_relative_error(*columns)
+
+
+def _model_or_prior(obs_scale, i_ref, j, inv_4d2, group, informative):
+    """J_model = scale·I_ref where other informative observations of the reflection
+    exist; else (no I_ref, or an I_ref that is the observation's own J/scale) the
+    posterior mean of the amplitude under the Wilson prior of its resolution
+    (``reference.posterior_amplitude``): a reference made of the observation alone
+    carries no information about it, and the variance at its own J is too small when
+    the J came out low."""
+    n = int(collective.world().max(int(group.max()) + 1 if len(group) else 0))
+    others = collective.group_sum(group, informative.astype(float), n)[group] - informative
+    alone = np.isfinite(i_ref) & (others < 0.5)
+    shared = np.where(alone, np.nan, i_ref)
+    prior = obs_scale * references.with_shell_means(shared, 4 * inv_4d2)
+    return np.where(np.isfinite(shared), obs_scale * shared,
+                    references.posterior_amplitude(j, prior))
 
 
 def _expected(j_model: np.ndarray, j: np.ndarray, var_j: np.ndarray) -> np.ndarray:

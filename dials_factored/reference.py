@@ -241,5 +241,42 @@ def bootstrap(group: np.ndarray, j: np.ndarray, var_j: np.ndarray, scale: np.nda
     return mean, var, n_others
 
 
+def with_shell_means(i_ref: np.ndarray, inv_d2: np.ndarray, n_bins: int = 20) -> np.ndarray:
+    """``i_ref`` with each NaN (no reference) replaced by the mean I_ref of its resolution
+    bin (equal widths in 1/d², ``n_bins`` of them, over all ranks): the Wilson prior mean
+    of a reflection's intensity.  Bins with no reference stay NaN."""
+    w = world()
+    has = np.isfinite(i_ref)
+    if has.all():
+        return i_ref
+    lo = w.min(float(inv_d2.min()) if len(inv_d2) else np.inf)
+    hi = w.max(float(inv_d2.max()) if len(inv_d2) else -np.inf)
+    span = max(hi - lo, 1e-12)
+    b = np.clip(((inv_d2 - lo) / span * n_bins).astype(int), 0, n_bins - 1)
+    total = w.sum(np.bincount(b[has], weights=i_ref[has], minlength=n_bins))
+    count = w.sum(np.bincount(b[has], minlength=n_bins).astype(float))
+    mean = np.where(count > 0, total / np.where(count > 0, count, 1.0), np.nan)
+    return np.where(has, i_ref, mean[b])
+
+
+def posterior_amplitude(j: np.ndarray, prior_mean: np.ndarray) -> np.ndarray:
+    """E[A | J] (counts) of an observation's amplitude A under the Wilson prior.
+
+    For the model-expected *variance* of observations of reflections with no
+    informative observation (no I_ref): the variance at the observation's own J
+    gave a weak spot observed low a σ from its background alone (on 40 stills at
+    0.05 photons/px such observations had mean z −0.36 against the truth and 24 of the
+    37 with |z| > 4), the variance at the prior mean overstated σ for most weak spots
+    (robust σ of z 0.70).  With the exponential (acentric Wilson) prior of mean μ =
+    G·p·⟨I⟩(d) and n ≈ max(J, 0) photons the posterior of A is Gamma(n + 1, 1 + 1/μ),
+    of mean (n + 1)·μ/(μ + 1); σ² is nearly linear in A, so the variance at the
+    posterior mean is the posterior mean variance.  Where μ is unknown, J.
+    """
+    ok = np.isfinite(prior_mean) & (prior_mean > 0)
+    mu = np.where(ok, prior_mean, 1.0)
+    return np.where(ok, (np.maximum(j, 0.0) + 1.0) * mu / (mu + 1.0), j)
+
+
 __all__ = ["Reference", "ArrayReference", "ReferenceError_", "check", "check_symmetry",
-           "from_mtz", "from_model", "load", "bootstrap", "merged"]
+           "from_mtz", "from_model", "load", "bootstrap", "merged",
+           "posterior_amplitude", "with_shell_means"]

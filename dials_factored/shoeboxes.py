@@ -297,7 +297,7 @@ def _frame_key(iset, index: int, frame: int) -> tuple:
 
 
 def extract(experiments, table, boxes: Boxes, jobs: list, plan: BlockPlan, store: PixelStore,
-            gain: float = 1.0, progress=None, nproc: int = 1) -> None:
+            gain: float = 1.0, progress=None, nproc: int = 1, hot=None) -> None:
     """Read every image once and cut all boxes into the pixel ``store``, block by block.
 
     Reflections must be sorted by their last image (``plan``).  Images are read
@@ -308,11 +308,13 @@ def extract(experiments, table, boxes: Boxes, jobs: list, plan: BlockPlan, store
     not finite are not usable; so are pixels at or above the trusted maximum
     (overloads, also flagged separately).  Counts are divided by ``gain``
     (counts per photon) so that they are photons.  Every pixel is written by
-    exactly one image, so the store does not depend on ``nproc``.
+    exactly one image, so the store does not depend on ``nproc``.  ``hot`` (per panel,
+    True where usable; see :mod:`dials_factored.hot_pixels`) masks hot pixels on every
+    image whose panels have its shapes.
     """
     ids = to_numpy(table["id"]).astype(int)
     cutter = _ImageCutter(experiments, ids, to_numpy(table["s1"]), boxes, store.start, gain,
-                          jobs)
+                          jobs, hot=hot)
     blocks = _OpenBlocks(store, plan)
     for job, pieces in enumerate(ordered_map(cutter, len(jobs), nproc)):
         for dest, value, ok, is_over, f1, f2, key in pieces:
@@ -417,6 +419,7 @@ class _ImageCutter:
     gain: float
     jobs: list
     masks: dict = field(default_factory=dict)  # static masks by format and detector
+    hot: list | None = None  # per panel, False at hot pixels (stills)
 
     def static_mask(self, imageset, index: int) -> list:
         """Per panel, the pixels the detector's format and an external mask allow (None:
@@ -471,9 +474,17 @@ class _ImageCutter:
             for pid, panel in enumerate(detector):
                 sel = np.flatnonzero(mine & (boxes.panel == pid))
                 if len(sel):
-                    pieces.append(self._cut(data[pid].as_numpy_array(), static[pid], panel,
-                                            s0, sel, frame_number, job_index * n_panels + pid))
+                    image = data[pid].as_numpy_array()
+                    pieces.append(self._cut(image, self._usable(static[pid], pid, image.shape),
+                                            panel, s0, sel, frame_number,
+                                            job_index * n_panels + pid))
         return pieces
+
+    def _usable(self, static, pid: int, shape) -> np.ndarray | None:
+        """The static mask of a panel with the hot pixels (if any, same shape) removed."""
+        if self.hot is None or pid >= len(self.hot) or self.hot[pid].shape != shape:
+            return static
+        return self.hot[pid] if static is None else static & self.hot[pid]
 
     def _cut(self, image, static, panel, s0, sel, frame_number, image_panel):
         """The piece of ``pieces`` (see ``__call__``) of boxes ``sel`` on one panel image."""

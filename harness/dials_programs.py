@@ -247,9 +247,11 @@ def simulate(workdir: str | os.PathLike, mode: str, seed: int, n_images: int | N
 
 
 def _import_and_find_spots(stage: Stage, images: Sequence[str | os.PathLike], nproc: int,
-                           find_spots_args: Sequence[str]) -> None:
+                           find_spots_args: Sequence[str], import_args: Sequence[str] = ()
+                           ) -> None:
     wd = stage.workdir
-    stage.add(run_program("dials.import", [str(Path(i).resolve()) for i in images], wd,
+    stage.add(run_program("dials.import", [*(str(Path(i).resolve()) for i in images),
+                                           *import_args], wd,
                           expect=["imported.expt"]))
     stage.add(run_program("dials.find_spots", ["imported.expt", f"nproc={nproc}",
                                                *find_spots_args], wd, expect=["strong.refl"]))
@@ -268,10 +270,10 @@ def _symmetry_args(space_group: str | None, unit_cell: Sequence[float] | None) -
 def index_stills(images: Sequence[str | os.PathLike], workdir: str | os.PathLike,
                  space_group: str, unit_cell: Sequence[float], nproc: int = 2,
                  find_spots_args: Sequence[str] = (),
-                 index_args: Sequence[str] = ()) -> Stage:
+                 index_args: Sequence[str] = (), import_args: Sequence[str] = ()) -> Stage:
     """dials.import → dials.find_spots → dials.ssx_index; files ``expt``/``refl`` = indexed."""
     stage = Stage(_workdir(workdir))
-    _import_and_find_spots(stage, images, nproc, find_spots_args)
+    _import_and_find_spots(stage, images, nproc, find_spots_args, import_args)
     stage.add(run_program("dials.ssx_index",
                           ["imported.expt", "strong.refl", *_symmetry_args(space_group, unit_cell),
                            f"nproc={nproc}", *index_args],

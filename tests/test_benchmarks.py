@@ -89,3 +89,28 @@ def test_rotation_benchmark_at_a_tiny_size(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rotation = _check_simulated(tmp_path, proc.stdout, "rotation", 6, 3)
     assert rotation["memory_growth"] == []
+
+
+def test_issue18_cases_are_modes_with_their_parameters():
+    """``lowbg`` and ``readnoise`` are benchmark modes (issue 18's acceptance): stills at
+    0.05 photons/px, the second on an integrating detector, whose gain and read noise
+    dials.factored_integrate is told; 100 stills on a 1024² panel by default."""
+    from benchmarks import run, simulated
+
+    args = run.parser().parse_args(["--modes", "lowbg", "readnoise"])
+    assert args.modes == ["lowbg", "readnoise"]
+    assert (args.case_stills, args.case_detector) == (100, (1024, 1024))
+    assert {"lowbg", "readnoise"} <= set(run.parser().parse_args([]).modes)
+    low = simulated.Settings(mode="lowbg", n_images=100, workdir=Path("."))
+    assert low.kind == "stills"
+    assert "background.constant=0.05" in low.simulate_args
+    noisy = simulated.Settings(mode="readnoise", n_images=100, workdir=Path("."))
+    assert {"detector.gain=10", "detector.read_noise=0.3"} <= set(noisy.simulate_args)
+    inputs = simulated.case_inputs(simulated.demo.Inputs(
+        mode="stills", sim=None, indexed=None, images=[], space_group="P1",
+        unit_cell=(1, 1, 1, 90, 90, 90), bandwidth=0.002), "readnoise")
+    assert inputs.factored_args == ["beam.bandwidth=0.002", "detector.gain=10",
+                                    "detector.read_noise=0.3"]
+    # both routes get the gain, and a trusted range that keeps negative pixels
+    assert simulated.CASES["readnoise"].import_args == (
+        "geometry.detector.panel.gain=10", "geometry.detector.panel.trusted_range=-61,1000000")

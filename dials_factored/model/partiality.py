@@ -8,6 +8,21 @@ by η/d, and b the relative rms bandwidth of the beam (a known constant: a
 Gaussian spectrum of rms bλ moves the Ewald sphere by bλ/(2d²) at resolution d).
 R0 and η are global (one per run) with log-normal priors.
 
+Normalisation (the stills Lorentz factor, docs/conventions.md).  p = 1 on the sphere
+whatever R0_eff: J_model = G·exp(B/4d²)·p·pol·I with I the photons the reflection gives
+when its centre lies on the Ewald sphere.  The kinematic count is not that: the
+photons of a still are N ∝ ∫dλ s(λ) λ² ∫_sphere ρ dS (ρ the reciprocal-lattice
+point's density, s the normalised spectrum, λ²dS the solid angle), and with a
+Gaussian point and spectrum of total radial rms R = R0_eff/√2 this is
+N ∝ |F|²·exp(−ε²/2R²)/(√(2π)·R): a factor L(d) = R0/R0_eff(d) (:func:`stills_lorentz`)
+that this model, DIALS (stills ``lp`` = 1/P, the ellipsoid model's partiality
+exp(−ε²/2S22) with peak 1) and CrystFEL (``set_lorentz(refl, 1.0)``, its partialities
+"revert the Lorentz factor" to peak 1) all leave out.  It is a function of d alone, so
+with I_h free per reflection it changes no fitted G, B, R0 or η; it scales the merged
+intensities by 1/L(d), a smooth resolution fall-off (for the simulator's default stills
+1/L(1.8 Å) ≈ 1.4 relative to low resolution).  tests/test_stills_lorentz.py checks
+both statements against a quadrature of the kinematic integral.
+
 Rotation: the φ profile of each reflection is a Gaussian whose variance is the sum of
 two independent physical widths (seed §4, DIALS ``gaussian_rs``):
 
@@ -61,6 +76,18 @@ def stills_partiality(eps: np.ndarray, r0: float, eta: float, inv_d2: np.ndarray
     return p, common * r0 ** 2, common * mosaic_sq
 
 
+
+
+def stills_lorentz(r0: float, eta: float, inv_d2: np.ndarray,
+                   rbw_sq: np.ndarray) -> np.ndarray:
+    """L(d) = R0/R0_eff(d) (dimensionless, ≤ 1): the stills Lorentz factor left out.
+
+    The kinematic photons of a still are ∝ p·L·I (module docstring), J_model is
+    ∝ p·I: the plugin's full intensities are |F|²-proportional intensities times L(d)
+    (normalised to 1 where R0 dominates, at low resolution).  Not applied anywhere;
+    documents the convention and its size.  Units as :func:`stills_partiality`.
+    """
+    return r0 / np.sqrt(r0 ** 2 + eta ** 2 * inv_d2 + rbw_sq)
 
 
 def rotation_zeta(m2: np.ndarray, s1: np.ndarray, s0: np.ndarray) -> np.ndarray:
