@@ -78,7 +78,7 @@ def perturbed_models(sim: Path, n: int, out: Path, seed: int = 0) -> Path:
 
 def cc_to_truth(sim: Path, run_dir: Path, n_shells: int = 10) -> dict:
     """CC of dials.merge's merged intensities to the truth, overall and by shell
-    (the scoring of :mod:`dials_factored.evaluate`, as in the other benchmarks)."""
+    (the scoring of :mod:`harness.evaluate`, as in the other benchmarks)."""
     dp.run_program("dials.merge", ["factored.expt", "factored.refl", *dp.MERGE_ARGS], run_dir,
                    expect=["merged.mtz"])
     truth = ev.prepare_truth(ev.read_mtz_intensities(sim / "truth" / "truth.mtz"), D_MIN)

@@ -80,6 +80,15 @@ crystal {
             "domain size only (radial width √2·σ_dom, σ_φ ∝ 1/|ζ|; mosaic rotation off);"
             "angular: the mosaic block rotation only (σ_φ = σ_m/|ζ_unit|, DIALS's law;"
             "domains infinite); both: both (with the defaults the angular part dominates)."
+  mosaic_shape = *gaussian cauchy blocks
+    .type = choice
+    .help = "Distribution of the mosaic block rotation vectors: gaussian (N(0, mosaic²)"
+            "per axis); cauchy (per-axis Cauchy of half width 'mosaic', cut at 5×: long"
+            "tails); blocks (mosaic_blocks discrete blocks per crystal, drawn N(0, mosaic²)"
+            "per axis: split, lumpy spots)."
+  mosaic_blocks = 3
+    .type = int(value_min=1)
+    .help = "Number of discrete blocks per crystal of mosaic_shape=blocks."
 }
 anomalous {
   element = None
@@ -140,7 +149,37 @@ detector {
     .help = "Sample-detector distance (mm). None: d_min at the corners."
   psf = 0.3
     .type = float(value_min=0)
-    .help = "Gaussian point spread of the detector (pixels, rms per axis)."
+    .help = "Point spread of the detector (pixels, rms per axis of the Gaussian core;"
+            "flat_top: a disc of radius 2·psf)."
+  psf_shape = *gaussian lorentzian_tails exponential_tails flat_top
+    .type = choice
+    .help = "Shape of the point spread: the Gaussian; a Gaussian core with a fraction"
+            "psf_tail_fraction of the photons in isotropic Lorentzian (2D Cauchy, cut at"
+            "10 tail widths) or exponential tails of scale psf_tail_width; or a flat disc."
+  psf_tail_fraction = 0.1
+    .type = float(value_min=0, value_max=1)
+    .help = "Fraction of the photons in the tails of psf_shape=*_tails."
+  psf_tail_width = 2.0
+    .type = float(value_min=0.01)
+    .help = "Scale of the tails of psf_shape=*_tails (pixels)."
+  module_size = None
+    .type = ints(size=2, value_min=1)
+    .help = "Pilatus-like modules of this many pixels (fast, slow), e.g. 487,195, with"
+            "module_gap pixels between them written as -1 (masked). None: no gaps."
+  module_gap = 7 17
+    .type = ints(size=2, value_min=0)
+    .help = "Gap between modules (pixels, fast, slow)."
+  beamstop_radius = 0
+    .type = float(value_min=0)
+    .help = "Beamstop shadow: a disc of this radius (pixels) about the beam centre."
+  beamstop_arm_width = 0
+    .type = float(value_min=0)
+    .help = "Beamstop arm: a band of this width (pixels) from the beam centre to the +x"
+            "edge of the panel."
+  beamstop_transmission = 0.0
+    .type = float(value_min=0, value_max=1)
+    .help = "Fraction of the photons (background and spots) that reach the pixels in the"
+            "beamstop's shadow; the shadow is not masked."
   trusted_max = 1000000
     .type = int(value_min=1)
     .help = "Overload value written into the images (counts)."
@@ -184,6 +223,25 @@ stills {
   b_sigma = 4.0
     .type = float(value_min=0)
     .help = "σ (Å²) of the per-image B ~ N(0, σ²), photons ∝ exp(B/(4d²))."
+  grid_scan {
+    enable = False
+      .type = bool
+      .help = "One crystal in one orientation (with a small jitter) scanned by the beam:"
+              "G follows the illuminated volume, ≈ 1 in the middle of the scan and near"
+              "zero at its ends (log_g_sigma is not used)."
+    jitter = 0.02
+      .type = float(value_min=0)
+      .help = "rms per axis (degrees) of the orientation wobble from still to still."
+    crystal_length = 0.6
+      .type = float(value_min=0)
+      .help = "Length of the crystal along the scan line, in units of the scan's length."
+    beam_width = 0.1
+      .type = float(value_min=0.001)
+      .help = "rms width of the beam along the scan line, in units of the scan's length."
+    log_g_noise = 0.05
+      .type = float(value_min=0)
+      .help = "σ of a log-normal shot-to-shot noise on the illuminated volume."
+  }
 }
 rotation {
   phi_start = 0.0

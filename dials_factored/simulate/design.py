@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dials_factored.simulate import crystal as xtal
-from dials_factored.simulate import geometry
+from dials_factored.simulate import geometry, shapes
 from dials_factored.simulate.anomalous import HeavyAtoms
-from dials_factored.simulate.images import Background
+from dials_factored.simulate.images import Background, DetectorLayout
 from dials_factored.simulate.physics import Spreads, domain_sigma
 
 #: Random streams (second entry of the seed sequence).
 STREAMS = {"intensities": 1, "orientation": 2, "per_image": 3, "hot": 4, "photons": 5,
-           "noise": 6, "zingers": 7, "read_noise": 8}
+           "noise": 6, "zingers": 7, "read_noise": 8, "jitter": 9, "blocks": 10,
+           "grid_g": 11}
 
 #: Monte-Carlo samples traced at once (about 0.5 kB each).  A constant, not a parameter:
 #: the random draws are made per batch, so the batch size is part of the random design.
@@ -78,6 +79,9 @@ class Design:
     b: np.ndarray = field(default_factory=lambda: np.zeros(0))
     bg_factor: np.ndarray = field(default_factory=lambda: np.zeros(0))
     rotation: dict = field(default_factory=dict)
+    #: per crystal (still; one for a grid scan or a sweep) the mosaic blocks (k×3 rad)
+    blocks: list = field(default_factory=list)
+    layout: DetectorLayout | None = None  # module gaps and beamstop (None: neither)
     parameters: dict = field(default_factory=dict)  # the resolved parameters, for truth.json
 
     @property
@@ -155,7 +159,10 @@ def resolve(params) -> Design:
         mosaic = 0.0  # no block rotation: the φ spread is the domain size only
     spreads = Spreads(sigma_domain=sigma_domain, mosaic=mosaic,
                       divergence=params.beam.divergence, bandwidth=bandwidth,
-                      psf=params.detector.psf)
+                      psf=params.detector.psf, psf_shape=params.detector.psf_shape,
+                      psf_tail_fraction=float(params.detector.psf_tail_fraction),
+                      psf_tail_width=float(params.detector.psf_tail_width),
+                      mosaic_shape=params.crystal.mosaic_shape)
     if mode == "stills" and bandwidth <= 0:
         raise ValueError("stills need a finite beam.bandwidth (e.g. 1e-5 for nearly "
                          "monochromatic): it is what makes a reflection diffract")
@@ -168,15 +175,22 @@ def resolve(params) -> Design:
         background=Background(constant=bg.constant, inner=bg.inner, q_inner=bg.q_inner,
                               ring=bg.ring, ring_d=bg.ring_d, ring_width=bg.ring_width),
         truth=truth, beam=beam, detector=detector, plane=geometry.Plane.from_panel(detector[0]),
-        u_matrices=xtal.random_rotations(n_images if mode == "stills" else 1,
-                                         stream(seed, "orientation")),
+        u_matrices=_orientations(params, mode, n_images, seed),
         hot_pixels=int(params.hot_pixels.count),
         hot_range=(float(params.hot_pixels.min_value), float(params.hot_pixels.max_value)),
         zinger_rate=float(params.zingers.rate),
         zinger_range=(int(params.zingers.min_counts), int(params.zingers.max_counts)),
         gain=gain, read_noise=read_noise)
+    design.layout = DetectorLayout.build(size, params.detector)
+    n_crystals = 1 if (mode == "rotation" or params.stills.grid_scan.enable) else n_images
+    if spreads.mosaic_shape == "blocks":
+        design.blocks = [shapes.block_orientations(int(params.crystal.mosaic_blocks), mosaic,
+                                                   stream(seed, "blocks", i))
+                         for i in range(n_crystals)]
     rng = stream(seed, "per_image")
-    if mode == "stills":
+    if mode == "stills" and params.stills.grid_scan.enable:
+        _grid_scan_truth(design, params, rng)
+    elif mode == "stills":
         design.g = np.exp(params.stills.log_g_sigma * rng.standard_normal(n_images))
         design.b = params.stills.b_sigma * rng.standard_normal(n_images)
         design.bg_factor = np.exp(params.background.image_sigma * rng.standard_normal(n_images))
@@ -214,9 +228,19 @@ def resolve(params) -> Design:
         "hot_pixels": {"count": design.hot_pixels, "value_range": list(design.hot_range)},
         "zingers": {"rate": design.zinger_rate, "count_range": list(design.zinger_range)},
     }
+    design.parameters["shapes"] = {
+        "psf_shape": spreads.psf_shape, "psf_tail_fraction": spreads.psf_tail_fraction,
+        "psf_tail_width_px": spreads.psf_tail_width, "mosaic_shape": spreads.mosaic_shape,
+        "mosaic_blocks": [b.tolist() for b in design.blocks]}
+    design.parameters["layout"] = design.layout.describe() if design.layout else None
     if mode == "stills":
+        g = params.stills.grid_scan
         design.parameters["stills"] = {"log_g_sigma": params.stills.log_g_sigma,
-                                       "b_sigma": params.stills.b_sigma}
+                                       "b_sigma": params.stills.b_sigma,
+                                       "grid_scan": {"enable": g.enable, "jitter_deg": g.jitter,
+                                                     "crystal_length": g.crystal_length,
+                                                     "beam_width": g.beam_width,
+                                                     "log_g_noise": g.log_g_noise}}
     else:
         design.parameters["rotation"] = dict(design.rotation,
                                              exposure_time=params.rotation.exposure_time)
@@ -239,3 +263,56 @@ def heavy_atoms(scope, wavelength: float) -> HeavyAtoms | None:
     fp = table.fp() if scope.fp is None else scope.fp
     fdp = table.fdp() if scope.fdp is None else scope.fdp
     return HeavyAtoms(scope.element, int(scope.sites), float(fp), float(fdp))
+
+
+def _orientations(params, mode: str, n_images: int, seed: int) -> np.ndarray:
+    """The crystal orientations: one per still, or one (sweep; grid scan, then jittered).
+
+    Grid scan: U_i = R(ω_i)·U with ω_i three independent N(0, jitter²) angles (rad), the
+    small wobble of one crystal between the shots of a grid scan."""
+    if mode != "stills":
+        return xtal.random_rotations(1, stream(seed, "orientation"))
+    grid = params.stills.grid_scan
+    if not grid.enable:
+        return xtal.random_rotations(n_images, stream(seed, "orientation"))
+    u = xtal.random_rotations(1, stream(seed, "orientation"))[0]
+    omega = math.radians(grid.jitter) * stream(seed, "jitter").standard_normal((n_images, 3))
+    return np.stack([_rotation_matrix(w) @ u for w in omega])
+
+
+def _rotation_matrix(rotvec: np.ndarray) -> np.ndarray:
+    """The rotation matrix of a rotation vector (axis·angle, rad), Rodrigues' formula."""
+    theta = float(np.linalg.norm(rotvec))
+    if theta == 0:
+        return np.eye(3)
+    k = rotvec / theta
+    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + math.sin(theta) * kx + (1 - math.cos(theta)) * kx @ kx
+
+
+def grid_scan_profile(n_images: int, crystal_length: float, beam_width: float) -> np.ndarray:
+    """Illuminated fraction of the crystal at each of the ``n_images`` scan positions.
+
+    The beam (Gaussian, rms ``beam_width``) steps evenly from −½ to +½ of the scan line
+    across a crystal of length ``crystal_length`` (both in units of the scan length)
+    centred on it; the illuminated volume is the beam profile integrated over the
+    crystal, ``½[erf((x + L/2)/(√2 w)) − erf((x − L/2)/(√2 w))]``: ≈ 1 in the middle,
+    falling smoothly to near zero where the beam leaves the crystal."""
+    from scipy.special import erf
+
+    x = np.linspace(-0.5, 0.5, n_images) if n_images > 1 else np.zeros(1)
+    half, s = 0.5 * crystal_length, math.sqrt(2.0) * beam_width
+    return 0.5 * (erf((x + half) / s) - erf((x - half) / s))
+
+
+def _grid_scan_truth(design: Design, params, rng: np.random.Generator) -> None:
+    """Per-still truth of a grid scan: G the illuminated volume × a small log-normal
+    noise (``log_g_noise``, its own stream), B and background factors as for stills."""
+    n = design.n_images
+    grid = params.stills.grid_scan
+    noise = stream(design.seed, "grid_g").standard_normal(n)
+    design.g = (grid_scan_profile(n, grid.crystal_length, grid.beam_width)
+                * np.exp(grid.log_g_noise * noise))
+    rng.standard_normal(n)  # the stills' log G draws: B and backgrounds as for stills
+    design.b = params.stills.b_sigma * rng.standard_normal(n)
+    design.bg_factor = np.exp(params.background.image_sigma * rng.standard_normal(n))

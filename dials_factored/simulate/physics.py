@@ -17,6 +17,9 @@ Reciprocal-lattice point of reflection h (one Monte-Carlo *sample*)::
   (σ_div = ``divergence``, rad, per axis);
 * detector point spread: the landing point moves by two independent N(0, psf²) pixels.
 
+(These are the default shapes; :mod:`.shapes` has point spreads with tails or a flat
+top and Cauchy or discrete mosaic blocks.)
+
 **Stills.**  A sample diffracts at the wavelength that puts it on the Ewald sphere of
 its direction, ``1/λ* = −|r|²/(2 r·û0)`` (no solution for r·û0 ≥ 0), and is weighted by
 the Gaussian spectrum relative to its peak, ``w = exp(−(λ*−λ0)²/(2(bλ0)²))`` (b =
@@ -66,6 +69,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dials_factored.simulate import shapes
+
 
 @dataclass(frozen=True)
 class Spreads:
@@ -76,6 +81,11 @@ class Spreads:
     divergence: float  # rad, rms per axis of the incident direction
     bandwidth: float  # relative rms σ_λ/λ
     psf: float  # px, rms per axis of the detector point spread
+    # the shapes of :mod:`.shapes` (defaults: the Gaussians above)
+    psf_shape: str = "gaussian"
+    psf_tail_fraction: float = 0.0  # fraction of photons in the PSF tail
+    psf_tail_width: float = 2.0  # px, scale of the PSF tail
+    mosaic_shape: str = "gaussian"
 
 
 def domain_sigma(domain_size: float) -> float:
@@ -157,7 +167,7 @@ def analytic_width(d: np.ndarray, wavelength: float, spreads: Spreads) -> np.nda
     s_bw = spreads.bandwidth * wavelength / (2 * d ** 2)
     r_len = 1 / d
     return np.sqrt(s_bw ** 2 + spreads.sigma_domain ** 2
-                   + spreads.mosaic ** 2 * r_len ** 2 * cos2_t
+                   + shapes.mosaic_rms(spreads) ** 2 * r_len ** 2 * cos2_t
                    + spreads.divergence ** 2 * sin2_2t / wavelength ** 2)
 
 
@@ -247,20 +257,21 @@ def _stills_samples(r_ref: np.ndarray, nominal_s0: np.ndarray, omega: np.ndarray
 
 def simulate_stills(r0: np.ndarray, scale: np.ndarray, wavelength: float, spreads: Spreads,
                     plane, pol_normal, pol_fraction: float, n_samples: int,
-                    rng: np.random.Generator) -> StillsResult:
+                    rng: np.random.Generator, blocks: np.ndarray | None = None) -> StillsResult:
     """Trace ``n_samples`` samples for each of the m reflections ``r0`` (m×3, Å⁻¹) of a still.
 
     ``scale`` (m,) multiplies each reflection's photons: K·G·exp(B/4d²) (photons per unit
-    I at p = 1, P = 1).  See the module docstring for the physics.
+    I at p = 1, P = 1); ``blocks`` the crystal's mosaic blocks (``mosaic_shape=blocks``).
+    See the module docstring for the physics and :mod:`.shapes` for non-Gaussian shapes.
     """
     m = len(r0)
     n = m * n_samples
     obs = np.repeat(np.arange(m), n_samples)
-    omega = rng.standard_normal((n, 3)) * spreads.mosaic
+    omega = shapes.mosaic_rotations(n, spreads, rng, blocks)
     z_dom = rng.standard_normal((n, 3))
     z_n = rng.standard_normal(n)
     u0 = incident_directions(n, spreads.divergence, rng)
-    psf = rng.standard_normal((n, 2)) * spreads.psf
+    psf = shapes.detector_spread(n, spreads, rng)
     nominal_s0 = np.array([0.0, 0.0, -1.0 / wavelength])
     r, w, inv_lam = _stills_samples(np.repeat(r0, n_samples, axis=0), nominal_s0, omega, z_dom,
                                     z_n, u0, wavelength, spreads)
@@ -332,7 +343,8 @@ def simulate_rotation(r0: np.ndarray, branch: np.ndarray, phi_nominal: np.ndarra
                       d: np.ndarray, wavelength: float, spreads: Spreads, axis, plane,
                       scan: tuple[float, float, int], scale_fn, flux: float, pol_normal,
                       pol_fraction: float, n_samples: int, max_lorentz: float,
-                      rng: np.random.Generator) -> RotationResult:
+                      rng: np.random.Generator,
+                      blocks: np.ndarray | None = None) -> RotationResult:
     """Trace ``n_samples`` samples for each of m observations (reflection + branch).
 
     ``r0`` (m×3) at φ = 0, ``branch`` (m,) ±1, ``phi_nominal`` (m,) the nominal crossing
@@ -345,11 +357,11 @@ def simulate_rotation(r0: np.ndarray, branch: np.ndarray, phi_nominal: np.ndarra
     m = len(r0)
     n = m * n_samples
     obs = np.repeat(np.arange(m), n_samples)
-    omega = rng.standard_normal((n, 3)) * spreads.mosaic
+    omega = shapes.mosaic_rotations(n, spreads, rng, blocks)
     delta = rng.standard_normal((n, 3)) * spreads.sigma_domain
     u0 = incident_directions(n, spreads.divergence, rng)
     lam = wavelength * (1 + spreads.bandwidth * rng.standard_normal(n))
-    psf = rng.standard_normal((n, 2)) * spreads.psf
+    psf = shapes.detector_spread(n, spreads, rng)
 
     r = rotate_small(np.repeat(r0, n_samples, axis=0), omega) + delta
     s0 = u0 / lam[:, None]

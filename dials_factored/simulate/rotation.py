@@ -98,12 +98,15 @@ def simulate_sweep(design: Design, paths: list, bg_model: np.ndarray, defects: D
             r0[part], cand["branch"][part], cand["phi"][part], d[part], design.wavelength,
             design.spreads, axis, plane, scan, design.rotation_scale, design.flux,
             design.beam.get_polarization_normal(), design.beam.get_polarization_fraction(),
-            design.n_samples, design.max_lorentz, stream(design.seed, "photons", chunk))
+            design.n_samples, design.max_lorentz, stream(design.seed, "photons", chunk),
+            blocks=design.blocks[0] if design.blocks else None)
         s = res.samples
         obs = s.obs + start
         full[part], lorentz[part] = res.full, res.lorentz_sum
         recorded[part], u_total[part] = res.recorded, res.signal_per_i
         pixel, on = plane.pixel_index(s.x, s.y, np.ones(s.x.size, bool))
+        if design.layout is not None:  # photons into a module gap are not recorded
+            on &= design.layout.sensitive(pixel)
         moments.add(obs, s.x, s.y, s.z, s.weight, on)
         frame = np.minimum(np.floor(s.z).astype(np.int64), n_frames - 1)
         entries.append(aggregate(obs[on], pixel[on], frame[on], s.weight[on], n_pix))
@@ -117,6 +120,10 @@ def simulate_sweep(design: Design, paths: list, bg_model: np.ndarray, defects: D
     e_obs, e_frame, e_pix, e_u = e_obs[order], e_frame[order], e_pix[order], e_u[order]
     bounds = np.searchsorted(e_frame, np.arange(n_frames + 1))
     background = bg_model.ravel()
+    layout = design.layout
+    if layout is not None:  # the beamstop's shadow on background and spots
+        background = layout.attenuate(background)
+        e_u = e_u * layout.transmission.ravel()[e_pix]
     info = np.zeros(m)
     for f in range(n_frames):
         block = slice(bounds[f], bounds[f + 1])
@@ -125,6 +132,8 @@ def simulate_sweep(design: Design, paths: list, bg_model: np.ndarray, defects: D
         counts = poisson_counts(mu.reshape(ny, nx), stream(design.seed, "noise", f))
         zinger_flat = defects.apply(counts, f, design.zinger_rate, design.zinger_range,
                                     stream(design.seed, "zingers", f))
+        if layout is not None:
+            layout.write_gaps(counts)
         write_cbf(paths[f], readout(counts, design.gain, design.read_noise,
                                     stream(design.seed, "read_noise", f)),
                   design.detector, design.beam, design.goniometer,
@@ -132,6 +141,8 @@ def simulate_sweep(design: Design, paths: list, bg_model: np.ndarray, defects: D
         excluded = np.zeros(n_pix, bool)
         excluded[defects.hot_flat(nx)] = True
         excluded[zinger_flat] = True
+        if layout is not None:
+            excluded |= layout.gap.ravel()
         info += fisher_information(PixelSignal(obs=ob, pixel=px, frame=np.zeros_like(ob), u=u),
                                    mu + design.read_noise ** 2, excluded, m)
         if progress:

@@ -69,13 +69,15 @@ def simulate_still(design: Design, image: int, path, bg_model: np.ndarray, defec
         res = physics.simulate_stills(
             r0[part], design.flux * scale[part], design.wavelength, design.spreads, plane,
             design.beam.get_polarization_normal(), design.beam.get_polarization_fraction(),
-            design.n_samples, rng)
+            design.n_samples, rng, blocks=crystal_blocks(design, image))
         s = res.samples
         obs = s.obs + start
         partiality[part] = res.partiality
         pol[part] = res.polarisation
         u_total[part] = res.signal_per_i
         pixel, on = plane.pixel_index(s.x, s.y, np.ones(s.x.size, bool))
+        if design.layout is not None:  # photons into a module gap are not recorded
+            on &= design.layout.sensitive(pixel)
         moments.add(obs, s.x, s.y, s.z, s.weight, on)
         keep = on & (s.weight > 0)
         pieces.append(aggregate(obs[keep], pixel[keep], np.zeros(keep.sum(), np.int64),
@@ -85,10 +87,16 @@ def simulate_still(design: Design, image: int, path, bg_model: np.ndarray, defec
     u = np.concatenate([p.u for p in pieces]) if pieces else np.zeros(0)
     intensity = t.intensity[sel]
     background = bg_model.ravel() * design.bg_factor[image]
+    layout = design.layout
+    if layout is not None:  # the beamstop's shadow on background and spots
+        background = layout.attenuate(background)
+        u = u * layout.transmission.ravel()[pixel]
     mu = background + np.bincount(pixel, weights=u * intensity[obs], minlength=n_pix)
     counts = poisson_counts(mu.reshape(ny, nx), stream(design.seed, "noise", image))
     zinger_flat = defects.apply(counts, image, design.zinger_rate, design.zinger_range,
                                 stream(design.seed, "zingers", image))
+    if layout is not None:
+        layout.write_gaps(counts)
     write_cbf(path, readout(counts, design.gain, design.read_noise,
                             stream(design.seed, "read_noise", image)),
               design.detector, design.beam)
@@ -96,6 +104,8 @@ def simulate_still(design: Design, image: int, path, bg_model: np.ndarray, defec
     excluded = np.zeros(n_pix, bool)
     excluded[defects.hot_flat(nx)] = True
     excluded[zinger_flat] = True
+    if layout is not None:
+        excluded |= layout.gap.ravel()
     entries = PixelSignal(obs=obs, pixel=pixel, frame=np.zeros(obs.size, np.int64), u=u)
     info = fisher_information(entries, mu + design.read_noise ** 2, excluded, m)
     xyz = moments.centroid()
@@ -112,6 +122,13 @@ def simulate_still(design: Design, image: int, path, bg_model: np.ndarray, defec
         background=spot_background(background, xyz[keep], nx, ny),
         excitation_error=eps[keep], fraction_on_detector=on_frac[keep],
         rms_px=moments.rms()[keep])
+
+
+def crystal_blocks(design: Design, image: int):
+    """The mosaic blocks of the crystal of still ``image`` (None unless mosaic_shape=blocks)."""
+    if not design.blocks:
+        return None
+    return design.blocks[image if len(design.blocks) > 1 else 0]
 
 
 def spot_background(background_flat: np.ndarray, xyz: np.ndarray, nx: int,
