@@ -64,6 +64,18 @@ class Run:
         true[group] = truth["i_true"][rows]
         self.cc = float(np.corrcoef(merged, true)[0, 1])
         self.n_scaled = len(scaled)
+        # per observation, against the simulator's expected counts
+        rows = ev.truth_rows(to_numpy(table["id"]), to_numpy(table["miller_index"]),
+                             truth["experiment"], truth["miller_index"])
+        ok = rows >= 0
+        expected = truth["expected_counts"][rows[ok]]
+        prf = to_numpy(table["intensity.prf.value"])[ok]
+        full_sum = (to_numpy(table["intensity.sum.value"])[ok]
+                    / np.maximum(to_numpy(table["partiality"])[ok], 1e-3))
+        self.cc_prf = float(np.corrcoef(prf, expected)[0, 1])
+        self.cc_sum = float(np.corrcoef(full_sum, expected)[0, 1])
+        strong = expected > 200
+        self.prf_bias = float(np.median(prf[strong] / expected[strong]) - 1)
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +101,16 @@ def test_boxes_are_recut_when_the_initial_r1_is_3x_too_small(runs):
 
 
 def test_intensities_recover_after_the_recut(runs):
+    """Measured (1,062 observations matched to the truth): from either start CC(prf,
+    expected counts) 0.9963, CC(sum/p) 0.9943, median prf/expected − 1 = −0.3 %, merged
+    CC 0.9953.  Main from the small start (9 px boxes, no re-cut): 0.9922, 0.9662,
+    +1.75 %, 0.9947, and 10 reflections with a zero background."""
     right, small = runs["right"], runs["small"]
     assert small.cc >= right.cc - 0.002, f"merged CC to truth {small.cc:.4f} vs {right.cc:.4f}"
     assert small.n_scaled >= 0.97 * right.n_scaled, (small.n_scaled, right.n_scaled)
+    assert small.cc_prf >= right.cc_prf - 0.001, (small.cc_prf, right.cc_prf)
+    assert small.cc_sum >= right.cc_sum - 0.002, (small.cc_sum, right.cc_sum)
+    assert abs(small.prf_bias - right.prf_bias) < 0.005, (small.prf_bias, right.prf_bias)
 
 
 @pytest.mark.parametrize("name", ["right", "small"])
