@@ -127,7 +127,8 @@ profile {
             "and fit only the scales and partialities."
   box_sigma = 4.0
     .type = float(value_min=1)
-    .help = "Half-width of the shoebox in units of the initial R1."
+    .help = "Half-width of the shoebox in units of the initial R1 (of the fitted widths"
+            "when the boxes are re-cut, see dials_factored/recut.py)."
     .expert_level = 1
   min_box_half_width = 3
     .type = int(value_min=1)
