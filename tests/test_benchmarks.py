@@ -97,7 +97,7 @@ def test_rotation_benchmark_at_a_tiny_size(tmp_path):
 def test_rotation_angular_benchmark_at_a_tiny_size(tmp_path):
     """Issue 16's case: 0.1 mm pixels at 150 mm, σ_m 0.15°, the pass rate recorded."""
     proc = _bench(tmp_path, "--modes", "rotation_angular", "--angular", "6",
-                  "--angular-detector", "512,512", timeout=300)
+                  "--angular-detector", "512,512", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = _check_simulated(tmp_path, proc.stdout, "rotation_angular", 6, 4)
     assert "crystal.phi_spread=angular" in results["settings"]["simulate_args"]
