@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from dials.array_family import flex
+from libtbx import Auto
 
 from dials_factored import collective, prediction, profile
 from dials_factored import reference as references
@@ -363,7 +364,10 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
     s2 = 1.0 / d ** 2
     grid = build_grid(d, params.profile.n_resolution_bins,
                       (world.min(float(s2.min())), world.max(float(s2.max()))))
-    layout = Layout(nodes.n_nodes, grid.n_bins, params.profile.anisotropic,
+    anisotropic = params.profile.anisotropic
+    if anisotropic in (None, Auto):
+        anisotropic = not stills  # see the parameter's help
+    layout = Layout(nodes.n_nodes, grid.n_bins, bool(anisotropic),
                     n_orient=nodes.n_nodes if stills and params.refinement.orientation else 0)
     deps = (_excitation_gradients(experiments, ids, table) if stills
             else (np.zeros(len(d)),) * 3)

@@ -102,9 +102,11 @@ profile {
     .help = "Rotation: width of the log-normal priors on the radial width R0 and the"
             "angular mosaic spread σ_m around their initial values."
     .expert_level = 1
-  anisotropic = False
+  anisotropic = Auto
     .type = bool
     .help = "Fit separate widths along the circumferential and radial directions."
+            "Auto: yes for rotation data (an angular mosaic spread widens spots along"
+            "the circumference as 1/d, not radially), no for stills."
   n_resolution_bins = 5
     .type = int(value_min=1)
     .help = "Number of nodes of R1(d) on a grid in 1/d²."
