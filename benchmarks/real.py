@@ -3,7 +3,8 @@
 From the indexed or refined files shipped with each set (``../shared/data``, or
 ``$DIALS_FACTORED_DATA``, or ``--data``), in ``<workdir>/real/<set>``:
 
-* the DIALS route (stills: dials.ssx_integrate algorithm=stills → dials.scale →
+* the DIALS route (stills: dials.ssx_integrate, its default algorithm=ellipsoid or
+  algorithm=stills where ellipsoid fails, as recorded in the results → dials.scale →
   dials.merge; rotation: dials.integrate → dials.scale → dials.merge) and
 * the factored route (dials.factored_integrate → dials.merge),
 
@@ -113,7 +114,7 @@ def run_set(real_set: RealSet, directory: Path, workdir: Path, nproc: int,
                                          "refl": directory / real_set.refl})
     rp.progress(f"{real_set.name}: DIALS route")
     dials_route = dp.dials_route(indexed, workdir / "dials", real_set.mode, nproc=nproc)
-    rp.progress(f"    done ({dials_route.wall_time:.0f} s)")
+    rp.progress(f"    {dials_route.info.get('reason', '')} ({dials_route.wall_time:.0f} s)")
     rp.progress(f"{real_set.name}: factored route")
     factored = dp.factored_route(indexed, workdir / "factored", nproc=nproc,
                                  integrate_args=real_set.factored_args, export=False)
@@ -132,10 +133,12 @@ def run_set(real_set: RealSet, directory: Path, workdir: Path, nproc: int,
         f"### {real_set.name} ({real_set.mode}), from {real_set.expt}"
         + (f"; dials.factored_integrate {' '.join(real_set.factored_args)}"
            if real_set.factored_args else ""), "",
+        f"DIALS route: {dials_route.info.get('reason', '')}", "",
         rp.route_summary(routes, extra), "",
         "By shell (CC½ from each route's own scaled observations):",
         ev.format_columns(scores, columns), "", "Every step:", rp.steps_table(steps)])
     return {"mode": real_set.mode, "expt": str(directory / real_set.expt),
+            "dials_route": dials_route.info,
             "factored_args": list(real_set.factored_args), "steps": steps,
             "integrate_and_scale": rp.integrate_and_scale_dict(routes),
             "scores": {name: s.as_dict() for name, s in scores.items()}, "report": text}

@@ -46,8 +46,10 @@ def program_runs(stage: dp.Stage, names: tuple[str, ...]) -> list[dp.ProgramRun]
 def integrate_and_scale(route: str, stage: dp.Stage) -> tuple[float, float]:
     """(wall time in s, peak RSS in MB) of the integration and scaling programs of a route
     (DIALS: dials.ssx_integrate or dials.integrate + dials.scale; factored:
-    dials.factored_integrate); merging is left out on both sides."""
-    runs = program_runs(stage, INTEGRATE_AND_SCALE[route])
+    dials.factored_integrate; a route named ``dials*``, e.g. ``dials_stills``, is a DIALS
+    route); merging is left out on both sides."""
+    runs = program_runs(stage, INTEGRATE_AND_SCALE["dials" if route.startswith("dials")
+                                                   else route])
     return sum(r.wall_time for r in runs), max((r.peak_rss_mb for r in runs), default=math.nan)
 
 

@@ -8,6 +8,10 @@
   dials.factored_integrate on the first 100 stills (peak memory growth);
 * ``rotation``: a simulated 90 × 1° sweep, indexed and refined; DIALS route
   dials.integrate + dials.scale + dials.merge against dials.factored_integrate + dials.merge;
+* ``rotation_angular``: issue 16's sweep, DIALS's spot model (angular mosaic spread
+  σ_m = 0.15°, beam divergence 0.035°) on 0.1 mm pixels at 150 mm, 1° frames, a 1340²
+  panel (1.8 Å at the corners; ``--angular-detector`` for a smaller one, the resolution
+  follows); the same two routes, plus the per-cycle pixel pass rate from the log;
 * ``real``: both routes on the shared real sets with images (skipped when absent);
 * ``lowbg`` and ``readnoise`` (issue 18): 100 simulated stills on a 1024×1024 panel at
   0.05 photons/px of background, photon counting and on an integrating detector (gain
@@ -43,9 +47,10 @@ from benchmarks import anomalous, real, scale, simulated
 from benchmarks import report as rp
 
 #: The modes, in the order they run.
-MODES = ("stills", "rotation", "real", *simulated.CASES, "anomalous", "scale")
+MODES = ("stills", "rotation", "rotation_angular", "real", *simulated.STILLS_CASES,
+         "anomalous", "scale")
 #: What ``make bench`` runs without --modes (the others are long or for one issue).
-DEFAULT_MODES = ("stills", "rotation", "real", *simulated.CASES)
+DEFAULT_MODES = ("stills", "rotation", "rotation_angular", "real", *simulated.STILLS_CASES)
 
 
 def _ints(text: str) -> list[int]:
@@ -82,6 +87,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--anomalous", type=int, default=300,
                    help="anomalous mode: simulated Se stills per space group (P4_3 and the "
                         "P4_32_12 control; default %(default)s)")
+    p.add_argument("--angular", type=int,
+                   default=simulated.DEFAULT_IMAGES["rotation_angular"],
+                   help="number of 1° frames of the rotation_angular case (default "
+                        "%(default)s)")
+    p.add_argument("--angular-detector", type=_detector,
+                   default=simulated.ANGULAR["detector"], metavar="FAST,SLOW",
+                   help="rotation_angular panel in 0.1 mm pixels at 150 mm (default "
+                        "1340,1340; its corners set the resolution)")
     p.add_argument("--detector", type=_detector, default=simulated.PILATUS_6M,
                    metavar="FAST,SLOW",
                    help="simulated panel size in pixels (default 2463,2527, a Pilatus 6M)")
@@ -103,6 +116,10 @@ def parser() -> argparse.ArgumentParser:
                    help="the MPI launcher, {ranks} replaced (default %(default)r)")
     p.add_argument("--nproc", type=int, default=2,
                    help="nproc of every program (default %(default)s)")
+    p.add_argument("--dials-algorithm", choices=("auto", "both"), default="auto",
+                   help="stills: dials.ssx_integrate's default algorithm=ellipsoid, falling "
+                        "back to algorithm=stills where it fails (auto), or both routes "
+                        "where both run (default %(default)s)")
     p.add_argument("--shells", type=int, default=10,
                    help="resolution shells (default %(default)s)")
     p.add_argument("--timeout", type=float, default=None,
@@ -132,16 +149,20 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict | None:
     if mode == "real":
         return real.run(args.data, args.workdir, nproc=args.nproc, n_shells=args.shells,
                         names=args.real_sets)
-    case = mode in simulated.CASES
-    n_images = (args.case_stills if case else args.stills if mode == "stills"
-                else args.rotation)
+    case = mode in simulated.STILLS_CASES
+    n_images = (args.case_stills if case else
+                {"stills": args.stills, "rotation": args.rotation,
+                 "rotation_angular": args.angular}[mode])
+    detector, d_min = (args.case_detector if case else args.detector), args.d_min
+    if mode == "rotation_angular":
+        detector = args.angular_detector
+        d_min = simulated.corner_d_min(detector)
     settings = simulated.Settings(
-        mode=mode, n_images=n_images,
-        workdir=args.workdir / mode, nproc=args.nproc, n_shells=args.shells,
-        detector=args.case_detector if case else args.detector, d_min=args.d_min,
-        reuse=args.reuse, timeout=args.timeout,
-        memory_sizes=() if case else args.memory_sizes, ranks=() if case else args.ranks,
-        mpirun=args.mpirun)
+        case=mode, n_images=n_images, workdir=args.workdir / mode, nproc=args.nproc,
+        n_shells=args.shells, detector=detector, d_min=d_min, reuse=args.reuse,
+        timeout=args.timeout, memory_sizes=() if case else args.memory_sizes,
+        ranks=() if case else args.ranks, mpirun=args.mpirun,
+        dials_algorithm=args.dials_algorithm)
     return simulated.run(settings)
 
 

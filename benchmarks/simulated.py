@@ -2,13 +2,13 @@
 
 One mode runs, in ``<workdir>/<mode>``:
 
-1. the simulation and indexing of the demo (:func:`harness.demo.prepare`, fixed
+1. the simulation and indexing of the demo (:func:`dials_factored.demo.prepare`, fixed
    seed), with the benchmark's size and detector; with ``--reuse`` a previous run's data
    made with the same parameters are taken instead (``inputs.json`` records them);
 2. the read-and-decode floor: every image read with dxtbx (``get_raw_data``) in one
    process and in two (:func:`read_floor`);
 3. both routes from the same indexed data and their scores
-   (:func:`harness.demo.compare`, without dials.export);
+   (:func:`dials_factored.demo.compare`, without dials.export);
 4. stills only: dials.factored_integrate on the indexed stills of the first N images
    (``--memory-sizes``), for the growth of its peak memory with the number of images;
 5. with ``--ranks``: dials.factored_integrate under ``mpirun -n N`` (``mp.method=mpi``),
@@ -23,6 +23,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import shlex
 import shutil
 import time
@@ -36,8 +37,8 @@ from harness import demo
 from harness import dials_programs as dp
 from harness import evaluate as ev
 
-#: Default number of images per mode (issue 5).
-DEFAULT_IMAGES = {"stills": 300, "rotation": 90}
+#: Default number of images per case (issue 5; issue 16 for rotation_angular).
+DEFAULT_IMAGES = {"stills": 300, "rotation": 90, "rotation_angular": 90}
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ _LOW_BACKGROUND = ("background.constant=0.05", "background.inner=0", "background
 #: Issue 18's cases (``--modes lowbg readnoise``): photon counting at 0.05 photons/px of
 #: background (most pixels zero), and the same on an integrating detector (gain 10
 #: ADU/photon, Gaussian read noise 0.3 photons rms, negative pixel values).
-CASES = {
+STILLS_CASES = {
     "lowbg": Case(simulate=_LOW_BACKGROUND,
                   description="0.05 photons/px of flat background, photon counting"),
     "readnoise": Case(
@@ -77,15 +78,25 @@ CASES = {
 #: Default size of the issue-18 cases: stills and panel (fast × slow pixels).
 CASE_IMAGES = 100
 CASE_DETECTOR = (1024, 1024)
-
-
-def route_mode(mode: str) -> str:
-    """The data kind behind a benchmark mode: a case of :data:`CASES` is stills."""
-    return "stills" if mode in CASES else mode
 #: A Pilatus 6M panel (pixels, fast × slow): the benchmark's default detector.
 PILATUS_6M = (2463, 2527)
 #: Issue 5's wall-time targets: factored_integrate ≤ this × (DIALS integrate + scale).
 SPEED_TARGET = {"stills": 0.25, "rotation": 0.5}
+#: Issue 16's rotation case: DIALS's own spot model (angular mosaic spread σ_m = 0.15°
+#: in the e1/e3 frame, beam divergence σ_b = 0.035° = 6.1e-4 rad, no domain-size
+#: width), 0.1 mm pixels at 150 mm, 1° frames.  Its panel defaults to 1340² pixels
+#: (1.8 Å at the corners); a smaller panel keeps the geometry and cuts the resolution.
+ANGULAR = {"mode": "rotation", "pixel_size": 0.1, "distance": 150.0, "detector": (1340, 1340),
+           "args": ("crystal.phi_spread=angular", "crystal.mosaic=0.15",
+                    "beam.divergence=0.000611")}
+#: Simulated cases: name → the simulator's mode.
+CASES = {"stills": "stills", "rotation": "rotation", "rotation_angular": ANGULAR["mode"],
+         **{name: "stills" for name in STILLS_CASES}}
+#: Issue 16's per-cycle pass rate target (M pixels/s per process).
+PASS_RATE_TARGET = 10.0
+#: The per-cycle pixel rate line of dials.factored_integrate's log (passes.log_rate).
+PASS_RATE = re.compile(r"cycle pass: (\d+) pixels in ([\d.]+) s of block work "
+                       r"\(([\d.]+) M pixels/s per process\), ([\d.]+) s wall")
 #: factored_integrate within this factor of the read-and-decode floor.
 FLOOR_TARGET = 3.0
 #: Peak memory of factored_integrate on the stills set (MB = MiB, as psutil reports).
@@ -96,9 +107,13 @@ RSS_GROWTH = 0.2
 
 @dataclass
 class Settings:
-    """What one simulated benchmark runs (from the command line)."""
+    """What one simulated benchmark runs (from the command line).
 
-    mode: str
+    ``case`` names the benchmark (``stills``, ``rotation`` or ``rotation_angular``);
+    ``mode`` is the simulator's mode of that case.
+    """
+
+    case: str
     n_images: int
     workdir: Path
     nproc: int = 2
@@ -110,27 +125,57 @@ class Settings:
     memory_sizes: Sequence[int] = (100,)
     ranks: Sequence[int] = ()
     mpirun: str = "mpirun -n {ranks}"
+    #: stills: "auto" (ellipsoid, else stills) or "both" (see demo.dials_routes)
+    dials_algorithm: str = "auto"
 
     @property
-    def kind(self) -> str:
-        """``stills`` or ``rotation``: the data kind of the mode (:func:`route_mode`)."""
-        return route_mode(self.mode)
+    def mode(self) -> str:
+        """The simulator's mode of the case."""
+        return CASES[self.case]
 
     @property
     def simulate_args(self) -> list[str]:
         """Phil parameters of dials.factored_simulate beyond mode, seed and n_images."""
-        case = CASES.get(self.mode)
-        return [f"d_min={self.d_min}", f"detector.size={self.detector[0]},{self.detector[1]}",
-                *(case.simulate if case else ())]
+        size = f"detector.size={self.detector[0]},{self.detector[1]}"
+        if self.case in STILLS_CASES:
+            return [f"d_min={self.d_min}", size, *STILLS_CASES[self.case].simulate]
+        if self.case != "rotation_angular":
+            return [f"d_min={self.d_min}", size]
+        return [f"d_min={self.d_min:.3f}", size, f"detector.pixel_size={ANGULAR['pixel_size']}",
+                f"detector.distance={ANGULAR['distance']}", *ANGULAR["args"]]
 
     def as_dict(self) -> dict:
         """Plain data for JSON."""
-        return {"mode": self.mode, "n_images": self.n_images, "workdir": str(self.workdir),
+        return {"case": self.case, "mode": self.mode, "n_images": self.n_images,
+                "workdir": str(self.workdir),
                 "nproc": self.nproc, "n_shells": self.n_shells, "detector": self.detector,
                 "d_min": self.d_min, "seed": demo.SEED, "simulate_args": self.simulate_args,
                 "reuse": self.reuse, "timeout": self.timeout,
                 "memory_sizes": list(self.memory_sizes), "ranks": list(self.ranks),
-                "mpirun": self.mpirun}
+                "mpirun": self.mpirun, "dials_algorithm": self.dials_algorithm}
+
+
+def corner_d_min(detector: tuple[int, int], pixel_size: float = ANGULAR["pixel_size"],
+                 distance: float = ANGULAR["distance"], wavelength: float = 1.0) -> float:
+    """Resolution (Å) at the corners of a centred panel: ``d = λ/(2 sin θ)`` with
+    ``tan 2θ = ½·pixel·√(nx² + ny²) / distance`` (the simulator's λ = 1 Å by default)."""
+    radius = 0.5 * pixel_size * math.hypot(*detector)
+    return wavelength / (2 * math.sin(0.5 * math.atan2(radius, distance)))
+
+
+def pass_rates(stage: dp.Stage) -> dict:
+    """The per-cycle pixel pass of dials.factored_integrate, read from its log: per cycle
+    the pixels, seconds of block work, M pixels/s per process and wall seconds, and the
+    median and minimum rate (empty when the log has no such line)."""
+    runs = rp.program_runs(stage, ("dials.factored_integrate",))
+    text = runs[0].log_path.read_text(errors="replace") if runs else ""
+    cycles = [{"pixels": int(m[0]), "busy_s": float(m[1]), "m_pixels_per_s": float(m[2]),
+               "wall_s": float(m[3])} for m in PASS_RATE.findall(text)]
+    if not cycles:
+        return {}
+    rates = sorted(c["m_pixels_per_s"] for c in cycles)
+    return {"cycles": cycles, "median_m_pixels_per_s": rates[len(rates) // 2],
+            "min_m_pixels_per_s": rates[0]}
 
 
 # --------------------------------------------------------------------------- inputs
@@ -139,7 +184,8 @@ class Settings:
 def prepare(settings: Settings) -> tuple[demo.Inputs, bool]:
     """Simulated and indexed data (and whether they were reused from an earlier run)."""
     cache = settings.workdir / "inputs.json"
-    key = {"mode": settings.mode, "n_images": settings.n_images, "seed": demo.SEED,
+    key = {"case": settings.case, "mode": settings.mode, "n_images": settings.n_images,
+           "seed": demo.SEED,
            "simulate_args": settings.simulate_args}
     if settings.reuse and cache.is_file():
         saved = json.loads(cache.read_text())
@@ -147,10 +193,10 @@ def prepare(settings: Settings) -> tuple[demo.Inputs, bool]:
         files = [*inputs.sim.files.values(), *inputs.indexed.files.values(), *inputs.images]
         if saved["key"] == key and all(f.exists() for f in files):
             rp.progress(f"reusing the simulated and indexed data in {settings.workdir}")
-            return case_inputs(inputs, settings.mode), True
+            return case_inputs(inputs, settings.case), True
         rp.progress("--reuse: no earlier data with these parameters; simulating anew")
     cache.unlink(missing_ok=True)
-    if settings.mode in CASES:
+    if settings.case in STILLS_CASES:
         inputs = prepare_case(settings)
     else:
         inputs = demo.prepare(settings.workdir, settings.mode, settings.nproc,
@@ -170,22 +216,22 @@ class CaseInputs(demo.Inputs):
         return [f"beam.bandwidth={self.bandwidth}", *self.extra]
 
 
-def case_inputs(inputs: demo.Inputs, mode: str) -> demo.Inputs:
-    """The inputs of mode ``mode`` with the case's integration parameters (if a case)."""
-    if mode not in CASES:
+def case_inputs(inputs: demo.Inputs, case: str) -> demo.Inputs:
+    """The inputs of ``case`` with its integration parameters (an issue-18 case)."""
+    if case not in STILLS_CASES:
         return inputs
     fields = {k: getattr(inputs, k) for k in ("mode", "sim", "indexed", "images", "space_group",
                                               "unit_cell", "bandwidth")}
-    return CaseInputs(**fields, extra=tuple(CASES[mode].factored))
+    return CaseInputs(**fields, extra=tuple(STILLS_CASES[case].factored))
 
 
 def prepare_case(settings: Settings) -> demo.Inputs:
-    """Simulate and index a case of :data:`CASES` (as :func:`demo.prepare`, with the case's
-    spot-finding parameters and detector gain)."""
-    case, wd = CASES[settings.mode], settings.workdir
+    """Simulate and index a case of :data:`STILLS_CASES` (as :func:`demo.prepare`, with the
+    case's spot-finding parameters and detector gain)."""
+    case, wd = STILLS_CASES[settings.case], settings.workdir
     for step in ("simulate", "index"):
         shutil.rmtree(wd / step, ignore_errors=True)
-    rp.progress(f"simulating {settings.mode} ({case.description}; dials.factored_simulate "
+    rp.progress(f"simulating {settings.case} ({case.description}; dials.factored_simulate "
                 f"mode=stills {' '.join(settings.simulate_args)})")
     sim = dp.simulate(wd / "simulate", "stills", demo.SEED, settings.n_images,
                       settings.simulate_args)
@@ -199,7 +245,7 @@ def prepare_case(settings: Settings) -> demo.Inputs:
     bandwidth = json.loads(sim.files["truth_json"].read_text())["parameters"]["bandwidth"]
     return case_inputs(demo.Inputs(mode="stills", sim=sim, indexed=indexed, images=images,
                                    space_group=space_group, unit_cell=cell,
-                                   bandwidth=bandwidth), settings.mode)
+                                   bandwidth=bandwidth), settings.case)
 
 
 # --------------------------------------------------------------------------- read floor
@@ -408,6 +454,14 @@ def targets(mode: str, comparison: demo.Comparison, read: dict, memory: list[dic
     rows.append(_target("CC_truth factored ≥ DIALS in every shell (common reflections)",
                         f"{ahead} of {len(defined)} shells{undefined}", ahead,
                         ahead == len(defined) == len(pairs)))
+    rate = pass_rates(routes["factored"])
+    if rate:
+        rows.append(_target(f"per-cycle pixel pass ≥ {PASS_RATE_TARGET:g} M pixels/s per "
+                            "process (issue 16)",
+                            f"median {rate['median_m_pixels_per_s']:.1f}, lowest "
+                            f"{rate['min_m_pixels_per_s']:.1f} over {len(rate['cycles'])} "
+                            "cycles", rate["median_m_pixels_per_s"],
+                            rate["median_m_pixels_per_s"] >= PASS_RATE_TARGET))
     return rows
 
 
@@ -415,11 +469,11 @@ def targets(mode: str, comparison: demo.Comparison, read: dict, memory: list[dic
 Z_RMS_RANGE = (0.9, 1.1)
 
 
-def case_targets(mode: str, comparison: demo.Comparison) -> list[dict]:
-    """Issue 18's target of a case (none for the other modes): the factored route's rms z
+def case_targets(case: str, comparison: demo.Comparison) -> list[dict]:
+    """Issue 18's target of a case (none for the other cases): the factored route's rms z
     of the scaled observations against the truth within :data:`Z_RMS_RANGE` in every
     shell (CC_truth ≥ DIALS in every shell is among :func:`targets`)."""
-    if mode not in CASES:
+    if case not in STILLS_CASES:
         return []
     lo, hi = Z_RMS_RANGE
     rms = [s.z_rms for s in comparison.scores["factored"].shells]
@@ -457,13 +511,16 @@ def report(settings: Settings, comparison: demo.Comparison, read: dict, memory: 
            ranks: dict, goals: list[dict], reused: bool) -> str:
     """The Markdown report of one simulated benchmark."""
     inputs = comparison.inputs
-    kind = "stills" if settings.kind == "stills" else "× 1° rotation frames"
-    lines = [f"## Simulated {settings.mode}: {len(inputs.images)} {kind}, "
-             f"{settings.detector[0]}×{settings.detector[1]} pixels, {settings.d_min} Å, "
-             f"nproc {settings.nproc}"
-             + (f" ({CASES[settings.mode].description})" if settings.mode in CASES else ""),
-             "", "Targets (issue 5" + (", 18" if settings.mode in CASES else "") + "):", "",
-             targets_table(goals), "",
+    kind = "stills" if settings.mode == "stills" else "× 1° rotation frames"
+    geometry = (f", {ANGULAR['pixel_size']} mm pixels at {ANGULAR['distance']:g} mm, "
+                + ", ".join(ANGULAR["args"]) if settings.case == "rotation_angular" else "")
+    described = (f" ({STILLS_CASES[settings.case].description})"
+                 if settings.case in STILLS_CASES else "")
+    lines = [f"## Simulated {settings.case}: {len(inputs.images)} {kind}, "
+             f"{settings.detector[0]}×{settings.detector[1]} pixels{geometry}, "
+             f"{settings.d_min:.2f} Å, nproc {settings.nproc}{described}", "",
+             f"DIALS route: {comparison.dials_route_note}", "",
+             "Targets (issues 5, 16 and 18):", "", targets_table(goals), "",
              rp.route_summary(comparison.routes, _overall_rows(comparison)), "",
              f"Read-and-decode floor (dxtbx get_raw_data, {read['n_images']} images, "
              f"{read['megabytes']:.0f} MB): "
@@ -510,14 +567,16 @@ def run(settings: Settings) -> dict:
     read = floor(inputs)
     comparison = demo.compare(inputs, settings.workdir, settings.nproc, settings.n_shells,
                               factored_timeout=settings.timeout, export=False,
-                              report=rp.progress)
+                              report=rp.progress, dials_algorithm=settings.dials_algorithm)
     memory = (memory_growth(inputs, comparison.routes["factored"], settings)
               if settings.mode == "stills" else [])
     ranks = rank_runs(inputs, settings)
-    goals = targets(settings.kind, comparison, read, memory) + case_targets(settings.mode,
+    goals = targets(settings.mode, comparison, read, memory) + case_targets(settings.case,
                                                                              comparison)
     return {
-        "benchmark": "simulated", "mode": settings.mode, "environment": environment,
+        "benchmark": "simulated", "case": settings.case, "mode": settings.mode,
+        "environment": environment, "dials_route": comparison.dials_route_info,
+        "pass_rate": pass_rates(comparison.routes["factored"]),
         "settings": settings.as_dict(),
         "data": {"n_images": len(inputs.images), "space_group": inputs.space_group,
                  "unit_cell": inputs.unit_cell, "bandwidth": inputs.bandwidth,

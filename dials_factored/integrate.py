@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from dials.array_family import flex
+from libtbx import Auto
 
 from dials_factored import collective, prediction, profile
 from dials_factored import reference as references
@@ -49,6 +50,16 @@ from dials_factored.model.scale import build_nodes
 from dials_factored.model.width import build_grid
 from dials_factored.passes import Store, Widths, cycle_pass, final_pass
 from dials_factored.pixel_store import BLOCK_PIXELS, BlockPlan, PixelStore, plan_blocks
+from dials_factored.recut import (
+    MAX_RECUTS,
+    MIN_BACKGROUND_PIXELS,
+    RECUT_FRACTION,
+    RECUT_MAX_GROWTH,
+    Recut,
+    frame_half_widths,
+    half_widths,
+    short_boxes,
+)
 from dials_factored.residuals.shape import observed_frame_moment, observed_moments
 from dials_factored.shoeboxes import Boxes, extract, pixel_areas, plan_jobs
 
@@ -193,12 +204,40 @@ def _rotation_geometry(zc, zeta, d, s0_len, osc):
 
 
 def run_factored(experiments, strong, params, progress=None) -> Result:
-    """Integrate and scale ``experiments``; ``strong`` is the indexed input table."""
+    """Integrate and scale ``experiments``; ``strong`` is the indexed input table.
+
+    When the fitted widths outgrow the boxes cut from the initial ones, the integration
+    starts again with boxes cut from the fitted widths (``dials_factored.recut``), at
+    most ``MAX_RECUTS`` times; ``parameters["box_recuts"]`` lists each re-cut.
+    """
+    t_start = time.time()
+    ambiguity_summary = _resolve_ambiguity(experiments, strong, symmetry_of(experiments),
+                                           params)
+    recuts = []
+    while True:
+        out = _integrate(experiments, strong, params, progress, recuts[-1] if recuts else None,
+                         allow_recut=len(recuts) < MAX_RECUTS)
+        if isinstance(out, Result):
+            out.parameters["box_recuts"] = [r.as_dict() for r in recuts]
+            if ambiguity_summary is not None:
+                out.parameters["ambiguity"] = ambiguity_summary
+            out.timings["total_with_recuts"] = time.time() - t_start
+            return out
+        logger.info("Re-cutting the shoeboxes: after cycle %d the fitted widths outgrew "
+                    "%.0f %% of the boxes (more than %.0f %%); integrating again from "
+                    "the fitted widths", out.cycle, 100 * out.short, 100 * RECUT_FRACTION)
+        recuts.append(out)
+
+
+def _integrate(experiments, strong, params, progress, start: Recut | None,
+               allow_recut: bool) -> Result | Recut:
+    """One integration (:func:`run_factored`): boxes from the initial widths, or from the
+    fitted widths of ``start``; a :class:`Recut` when the boxes are outgrown and
+    ``allow_recut``."""
     t_start = time.time()
     timings = {}
     stills = prediction.is_stills(experiments)
     symmetry = symmetry_of(experiments)
-    ambiguity_summary = _resolve_ambiguity(experiments, strong, symmetry, params)
     wavelength0 = np.array([e.beam.get_wavelength() for e in experiments])
 
     # Initial widths from the data or the parameters
@@ -246,8 +285,11 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
 
     area_typical = _typical_area(experiments, strong, area, world)
     r1_init = params.profile.r1 or _initial_r1(strong, area_typical, np.sqrt(area_typical))
-    half = np.ceil(params.profile.box_sigma * r1_init / a).astype(int) + 1
-    half = np.maximum(half, params.profile.min_box_half_width)
+    box_sigma, min_half = params.profile.box_sigma, params.profile.min_box_half_width
+    half = half_widths(r1_init, a, box_sigma, min_half)
+    if start is not None:  # boxes from the fitted widths, at most RECUT_MAX_GROWTH × wider
+        half = np.minimum(half_widths(start.r_eff(d, area), a, box_sigma, min_half),
+                          RECUT_MAX_GROWTH * half)
     x0 = np.floor(xyz[:, 0]).astype(int) - half
     y0 = np.floor(xyz[:, 1]).astype(int) - half
     zc = xyz[:, 2]
@@ -265,8 +307,11 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         rate = s0_len * np.abs(zeta)
         r0 = _initial_phi_widths(strong, rate, zeta_u, float(np.median(osc)),
                                  params.profile.mosaicity)  # (R0, σ_m)
-        sz = rotation_sigma_z(*r0, rate, zeta_u, osc)[0]
-        zhalf = np.ceil(np.maximum(params.profile.box_sigma * sz, 1.5)).astype(int)
+        zhalf = frame_half_widths(rotation_sigma_z(*r0, rate, zeta_u, osc)[0], box_sigma)
+        if start is not None:
+            sz = rotation_sigma_z(np.exp(start.log_r0), np.exp(start.log_eta), rate, zeta_u,
+                                  osc)[0]
+            zhalf = np.minimum(frame_half_widths(sz, box_sigma), RECUT_MAX_GROWTH * zhalf)
         z0 = np.floor(zc).astype(int) - zhalf
         z1 = np.floor(zc).astype(int) + zhalf + 1
         # keep reflections whose centre lies in the scan and that are not too close to the axis
@@ -276,7 +321,8 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
                     zeta, osc))
         half = half[ok]
     boxes = Boxes(panel_ids, x0, x0 + 2 * half + 1, y0, y0 + 2 * half + 1, z0, z1)
-    logger.info("Initial profile width R1 = %.5f Å⁻¹; boxes of %d–%d px", r1_init,
+    logger.info("%s; boxes of %d–%d px", f"Initial profile width R1 = {r1_init:.5f} Å⁻¹"
+                if start is None else "Boxes re-cut from the fitted widths",
                 int(2 * half.min() + 1), int(2 * half.max() + 1))
 
     # the store keeps reflections in the order their last image is read
@@ -320,24 +366,23 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
         logger.info("Read %d images: %d pixels for %d reflections in %d blocks, %.1f s",
                     len(jobs), int(store.pixels.start[-1]), len(table), plan.n_blocks,
                     timings["extract"])
-        result = _fit_and_integrate(experiments, params, table, store, owned, stills,
-                                    symmetry, r0, r1_init, ids, d, s1, xyz,
-                                    s0_len=np.linalg.norm(s0, axis=1), area=area, zc=zc,
-                                    zeta=zeta, osc=osc, timings=timings, t_start=t_start)
-        if ambiguity_summary is not None:
-            result.parameters["ambiguity"] = ambiguity_summary
-        return result
+        return _fit_and_integrate(experiments, params, table, store, owned, stills, symmetry, r0,
+                                  r1_init, ids, d, s1, xyz, s0_len=np.linalg.norm(s0, axis=1),
+                                  area=area, zc=zc, zeta=zeta, osc=osc, timings=timings,
+                                  t_start=t_start, start=start, allow_recut=allow_recut)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetry, r0,
                        r1_init, ids, d, s1, xyz, s0_len, area, zc, zeta, osc, timings,
-                       t_start) -> Result:
+                       t_start, start=None, allow_recut=False) -> Result | Recut:
     """The outer cycles over the pixel store, then the final pass and the output table.
 
     ``owned`` are the blocks of this process (all of them unless MPI ranks share a
-    sweep); sums over reflections run over all ranks.
+    sweep); sums over reflections run over all ranks.  The widths start from ``start``
+    (a re-cut) if given, their priors from the initial ``r0``, ``r1_init``.  Returns a
+    :class:`Recut` instead when ``allow_recut`` and the fitted widths outgrow the boxes.
     """
     world = collective.world()
     # Fixed per-reflection quantities
@@ -362,7 +407,10 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
     s2 = 1.0 / d ** 2
     grid = build_grid(d, params.profile.n_resolution_bins,
                       (world.min(float(s2.min())), world.max(float(s2.max()))))
-    layout = Layout(nodes.n_nodes, grid.n_bins, params.profile.anisotropic,
+    anisotropic = params.profile.anisotropic
+    if anisotropic in (None, Auto):
+        anisotropic = not stills  # see the parameter's help
+    layout = Layout(nodes.n_nodes, grid.n_bins, bool(anisotropic),
                     n_orient=nodes.n_nodes if stills and params.refinement.orientation else 0)
     deps = (_excitation_gradients(experiments, ids, table) if stills
             else (np.zeros(len(d)),) * 3)
@@ -381,6 +429,8 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
     x[layout.log_eta] = np.log(eta0)
     x[layout.log_r1a] = np.log(r1_init)
     x[layout.log_r1b] = np.log(r1_init)
+    if start is not None:
+        start.start(x, layout, grid)
     priors = Priors(
         log_r0_mean=np.log(r0),
         log_r0_sigma=prior_r0,
@@ -410,6 +460,7 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
         stats = cycle_pass(store, widths, j_expected, params.outliers.pixel_threshold,
                            params.nproc, active, owned)
         j, var_j, bg = stats["j"], stats["var_j"], stats["bg"]
+        has_bg = stats["n_bg"] >= MIN_BACKGROUND_PIXELS
         n_new = int(world.sum(int(stats["n_new"].sum())))
         n_outliers += n_new
         sigma_j = np.sqrt(var_j)
@@ -438,15 +489,16 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
         j_model_now = obs_scale * i_ref
         expected_now = _expected(j_model_now, j, var_j)
         ma, mb, sa, sb = observed_moments(stats, bg, expected_now)
-        strong_now = (j / sigma_j > params.profile.min_i_over_sigma) & (expected_now > 0)
+        strong_now = ((j / sigma_j > params.profile.min_i_over_sigma) & (expected_now > 0)
+                      & has_bg)
         use2 = (strong_now & np.isfinite(sa) & np.isfinite(sb) & (sa > 0) & (sb > 0)
                 & (priors.log_r1_sigma != FIXED_WIDTH_SIGMA))
         k2 = params.profile.window_sigma ** 2
         obs = Observations(
             j=j, sigma_j=sigma_j, i_ref=i_ref, attenuation=attenuation, inv_4d2=inv_4d2,
             k0=nodes.k0, k1=nodes.k1, w=nodes.w,
-            use1=(informative & np.isfinite(j) & np.isfinite(sigma_j) & np.isfinite(i_ref)
-                  & (sigma_j > 0)),
+            use1=(informative & has_bg & np.isfinite(j) & np.isfinite(sigma_j)
+                  & np.isfinite(i_ref) & (sigma_j > 0)),
             group=group, bootstrapped=~external,
             stills=stills, eps=eps, rbw_sq=rbw_sq, deps_x=deps[0], deps_y=deps[1], deps_s=deps[2],
             use2=use2, m_a=ma, m_b=mb, sigma_a=sa, sigma_b=sb, area=area,
@@ -506,6 +558,14 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
             step["max_shift_log_g"], step["max_shift_b"],
             "R0" if stills else "radial R0 (Å⁻¹)", step["r0"],
             "" if stills else f", σ_m {step['sigma_m_deg']:.4f}°", step["seconds"])
+        short = _short_fraction(store.boxes, _widths(x, layout, grid, area, params, rotation),
+                                params, active, world, r1_init, (r0, eta0), rotation)
+        step["short_boxes"] = short
+        if short > RECUT_FRACTION:
+            if allow_recut:
+                return Recut.from_fit(x, layout, grid, short, cycle + 1, r1_init)
+            logger.warning("Warning: after cycle %d the fitted widths outgrow %.0f %% of the "
+                           "boxes (no re-cut left)", cycle + 1, 100 * short)
         tolerance = params.refinement.shift_tolerance
         # a cycle whose LM took no step (its first, damped step was too short) says
         # nothing about convergence: the next cycle's weights may move the optimum
@@ -532,6 +592,15 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
     final = final_pass(store, final_widths, j_expected, xyz,
                        ids if stills else None, params.nproc, active, owned)
     j, var_j, bg = final["j"], final["var_j"], final["bg"]
+    no_bg = final["n_bg"] < MIN_BACKGROUND_PIXELS
+    if active is not None:
+        no_bg &= active
+    n_no_bg = int(world.sum(int(no_bg.sum())))
+    if n_no_bg:
+        logger.warning("Warning: %d reflections have fewer than %d background pixels "
+                       "(neighbours or the box edge claim the rest): flagged "
+                       "failed_during_background_modelling, not integrated", n_no_bg,
+                       MIN_BACKGROUND_PIXELS)
     recorded = np.ones(len(d)) if stills else _recorded(experiments, ids, store.boxes,
                                                          final_widths)
     # the error model from the final fit, applied to the model-expected amplitude
@@ -551,11 +620,12 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
     over, centroid = final["overloaded"], final["centroid"]
     out = _output_table(table, j, var_j, j_sum, var_sum, bg, n_fg, gb, var_isf, p, lp, qe,
                         (centroid, final.get("centroid_variance")), over, template_coverage,
-                        params, store.boxes, stills)
+                        params, store.boxes, stills, (final["n_bg"], no_bg))
     timings["total"] = time.time() - t_start
     parameters = _parameter_summary(x, layout, nodes, grid, stills, cov, experiments)
     parameters["outlier_pixels"] = n_outliers
     parameters["anomalous"] = anomalous
+    parameters["no_background"] = n_no_bg
     if coupling is not None:
         parameters["g_r1_coupling"] = coupling
     parameters["error_model_b"] = b_rel
@@ -666,6 +736,25 @@ def _widths(x, layout, grid, area, params, rotation) -> Widths:
     sz = rotation_sigma_z(float(np.exp(x[layout.log_r0])), float(np.exp(x[layout.log_eta])),
                           rate, zeta_unit, osc)[0]
     return Widths(ra_eff, rb_eff, area, params.profile.window_sigma, zc, sz)
+
+
+def _short_fraction(boxes, widths: Widths, params, active, world, r1_init, r0,
+                    rotation) -> float:
+    """The fraction of the (active) reflections of all ranks whose boxes the widths
+    outgrow (``recut.short_boxes``) and that a re-cut could widen (not yet
+    ``RECUT_MAX_GROWTH`` times their boxes from the initial ``r1_init``, ``r0``)."""
+    box_sigma = params.profile.box_sigma
+    half0 = half_widths(r1_init, np.sqrt(widths.area), box_sigma,
+                        params.profile.min_box_half_width)
+    room = np.minimum(boxes.x1 - boxes.x0, boxes.y1 - boxes.y0) < 2 * RECUT_MAX_GROWTH * half0
+    if rotation is not None:
+        _, rate, zeta_unit, osc = rotation
+        zhalf0 = frame_half_widths(rotation_sigma_z(*r0, rate, zeta_unit, osc)[0], box_sigma)
+        room |= boxes.z1 - boxes.z0 < 2 * RECUT_MAX_GROWTH * zhalf0
+    short = short_boxes(boxes, widths, params.profile.window_sigma) & room
+    if active is not None:
+        short = short[active]
+    return world.sum(int(short.sum())) / max(world.sum(len(short)), 1)
 
 
 def _recorded(experiments, ids, boxes, widths: Widths) -> np.ndarray:
@@ -793,7 +882,7 @@ def _isf_variance(cov, layout, nodes, inv_4d2, isf):
 
 
 def _output_table(table, j, var_j, j_sum, var_sum, bg, n_fg, isf, var_isf, p, lp, qe,
-                  centroid, overloaded, coverage, params, boxes, stills=False):
+                  centroid, overloaded, coverage, params, boxes, stills=False, background=None):
     """DIALS columns and flags, each in the meaning DIALS gives it (README, "Conventions").
 
     ``j``, ``var_j``: the profile-fit amplitude (counts) and its variance; for stills it
@@ -812,7 +901,9 @@ def _output_table(table, j, var_j, j_sum, var_sum, bg, n_fg, isf, var_isf, p, lp
       (``centroid`` is (values, variances)).
 
     A stills reflection whose fitted p is 0 holds no full-intensity information and is
-    left out.
+    left out.  ``background`` = (pixels behind each background, too few of them): the
+    first is written as ``num_pixels.background``, those with too few are flagged
+    ``failed_during_background_modelling`` and not integrated.
     """
     t = table
     centroid, centroid_var = centroid
@@ -838,8 +929,11 @@ def _output_table(table, j, var_j, j_sum, var_sum, bg, n_fg, isf, var_isf, p, lp
         centroid_var = np.full((len(t), 3), 1.0 / 12.0)
     t["xyzobs.px.variance"] = flex.vec3_double(centroid_var)
     t["bbox"] = boxes.as_bbox()
+    n_bg, no_bg = background or (np.zeros(len(j)), np.zeros(len(j), bool))
+    t["num_pixels.background"] = flex.int(np.asarray(n_bg).astype(int))
     good = (np.isfinite(j_full) & np.isfinite(var_full) & (var_full > 0) & (isf > 0)
-            & (coverage >= params.output.min_profile_coverage))
+            & (coverage >= params.output.min_profile_coverage) & ~no_bg)
+    t.set_flags(flex.bool(no_bg.tolist()), t.flags.failed_during_background_modelling)
     scaling_ok = good & (~overloaded) & (p >= params.output.min_partiality)
     t.set_flags(flex.bool(good.tolist()), t.flags.integrated_prf)
     t.set_flags(flex.bool((good & (var_sum > 0)).tolist()), t.flags.integrated_sum)

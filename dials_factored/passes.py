@@ -231,7 +231,7 @@ def cycle_pass(store: Store, widths: Widths, j_expected: np.ndarray | None,
         mine = tpl.usable & ~outliers
         j, var_j = profile_fit(pix, tpl.P, mine, tpl.bg, tpl.n_bg, j_exp, tpl.read_variance)
         values = moment_sums(pix, tpl.fg & mine, tpl.bg, tpl.P, w.zc)
-        values.update(j=j, var_j=var_j, bg=tpl.bg)
+        values.update(j=j, var_j=var_j, bg=tpl.bg, n_bg=tpl.n_bg)
         if w.zc is not None:
             values["z_first"], values["z_last"] = window_frames(pix, tpl.fg & mine)
         defaults = {k: 0.0 for k in values} | {"var_j": np.inf, "z_first": -1, "z_last": -2}
@@ -284,7 +284,7 @@ def final_pass(store: Store, widths: Widths, j_expected: np.ndarray, xyz: np.nda
                                             tpl.read_variance)
         values = {
             "j": j, "var_j": var_j, "j_sum": j_sum, "var_sum": var_sum, "n_fg": n_fg,
-            "bg": tpl.bg,
+            "bg": tpl.bg, "n_bg": tpl.n_bg,
             "coverage": pix.reduce(np.where(tpl.usable, tpl.P, 0.0)),
             "overloaded": pix.reduce((pix.overloaded & tpl.fg).astype(float)) > 0,
         }

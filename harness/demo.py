@@ -6,9 +6,12 @@
    images and the truth into ``<workdir>/simulate``;
 2. dials.import → dials.find_spots → dials.ssx_index (``<workdir>/index``), with the true
    space group and cell as the indexing hints;
-3. the DIALS route, dials.ssx_integrate algorithm=stills → dials.scale → dials.merge
-   (``<workdir>/dials``), and the factored route, dials.factored_integrate → dials.merge →
-   dials.export (``<workdir>/factored``), from the same indexed data;
+3. the DIALS route, dials.ssx_integrate → dials.scale → dials.merge (``<workdir>/dials``;
+   dials.ssx_integrate's default algorithm=ellipsoid, and algorithm=stills only where
+   ellipsoid fails, which the tables say; ``--dials-algorithm both`` also runs
+   algorithm=stills where ellipsoid ran, as route ``dials_stills``), and the factored
+   route, dials.factored_integrate → dials.merge → dials.export (``<workdir>/factored``),
+   from the same indexed data;
 4. both merged MTZ files are scored against the true intensities (CC by resolution shell,
    completeness, CC1/2, z of the observations), next to the CC an ideal estimator reaches
    (see :mod:`harness.evaluate`); a Markdown table is printed and everything is
@@ -40,7 +43,8 @@ SEED = 1
 #: Stop the factored integration if it takes longer than this (seconds).
 FACTORED_TIMEOUT = 420
 #: What the DIALS route runs, per mode (for progress lines).
-DIALS_ROUTE = {"stills": "dials.ssx_integrate algorithm=stills, dials.scale, dials.merge",
+DIALS_ROUTE = {"stills": "dials.ssx_integrate (algorithm=ellipsoid, else stills), dials.scale, "
+                         "dials.merge",
                "rotation": "dials.integrate, dials.scale, dials.merge"}
 #: What indexing runs, per mode (for progress lines).
 INDEXING = {"stills": "dials.import, dials.find_spots, dials.ssx_index",
@@ -100,10 +104,23 @@ class Comparison:
     #: the ideal estimator on the common reflections
     ideal: ev.Score
 
+    @property
+    def dials_route_info(self) -> dict:
+        """What each DIALS route ran and why (``Stage.info``), by route name."""
+        return {name: stage.info for name, stage in self.routes.items()
+                if name.startswith("dials")}
+
+    @property
+    def dials_route_note(self) -> str:
+        """One line for the tables: which DIALS algorithm ran and why, per DIALS route."""
+        return "; ".join(f"{name}: {info.get('reason', info.get('algorithm', '?'))}"
+                         for name, info in self.dials_route_info.items())
+
     def tables(self) -> str:
         """The two Markdown CC tables: on the common reflections (with the ideal), and
-        on each route's own reflections."""
-        return ("CC on the reflections both routes merged (completeness: each route's own):\n"
+        on each route's own reflections, after a line saying which DIALS algorithm ran."""
+        return (f"DIALS route: {self.dials_route_note}\n\n"
+                "CC on the reflections all routes merged (completeness: each route's own):\n"
                 + ev.format_table(self.common, ideal=self.ideal, ratio=("factored", "dials"),
                                   completeness=self.scores)
                 + "\n\nCC on each route's own reflections:\n"
@@ -164,20 +181,35 @@ def score_routes(sim: dp.Stage, routes: dict[str, dp.Stage], n_shells: int):
     return own, on_common, ideal
 
 
+def dials_routes(inputs: Inputs, workdir: Path, nproc: int, algorithm: str = "auto",
+                 report=progress) -> dict[str, dp.Stage]:
+    """The DIALS route ``dials`` (stills: algorithm=ellipsoid, else stills) and, with
+    ``algorithm="both"`` where ellipsoid ran, ``dials_stills`` (algorithm=stills)."""
+    report(f"DIALS route ({DIALS_ROUTE[inputs.mode]})")
+    routes = {"dials": dp.dials_route(inputs.indexed, workdir / "dials", inputs.mode,
+                                      nproc=nproc)}
+    report(f"    {routes['dials'].info.get('reason', '')} ({routes['dials'].wall_time:.0f} s)")
+    if (algorithm == "both" and inputs.mode == "stills"
+            and routes["dials"].info.get("algorithm") == "ellipsoid"):
+        report("DIALS route with algorithm=stills as well (--dials-algorithm both)")
+        routes["dials_stills"] = dp.dials_route_stills(inputs.indexed, workdir / "dials_stills",
+                                                       nproc=nproc, algorithm="stills")
+        report(f"    done ({routes['dials_stills'].wall_time:.0f} s)")
+    return routes
+
+
 def compare(inputs: Inputs, workdir: Path, nproc: int, n_shells: int = 10,
             factored_timeout: float | None = FACTORED_TIMEOUT, export: bool = True,
-            report=progress) -> Comparison:
-    """The DIALS route (``<workdir>/dials``) and the factored route (``<workdir>/factored``,
-    with dials.export if ``export``) from the same indexed data, scored against the truth.
+            report=progress, dials_algorithm: str = "auto") -> Comparison:
+    """The DIALS route (``<workdir>/dials``, see :func:`dials_routes` for
+    ``dials_algorithm``) and the factored route (``<workdir>/factored``, with dials.export
+    if ``export``) from the same indexed data, scored against the truth.
 
-    Both directories are emptied first; a failing program raises ``RuntimeError``.
+    The directories are emptied first; a failing program raises ``RuntimeError``.
     """
-    mode = inputs.mode
-    for step in ("dials", "factored"):
+    for step in ("dials", "dials_stills", "factored"):
         shutil.rmtree(workdir / step, ignore_errors=True)
-    report(f"DIALS route ({DIALS_ROUTE[mode]})")
-    dials_route = dp.dials_route(inputs.indexed, workdir / "dials", mode, nproc=nproc)
-    report(f"    done ({dials_route.wall_time:.0f} s)")
+    dials = dials_routes(inputs, workdir, nproc, dials_algorithm, report)
     report("factored route (dials.factored_integrate, dials.merge"
            + (", dials.export)" if export else ")"))
     factored = dp.factored_route(inputs.indexed, workdir / "factored", nproc=nproc,
@@ -185,18 +217,18 @@ def compare(inputs: Inputs, workdir: Path, nproc: int, n_shells: int = 10,
                                  timeout=factored_timeout, export=export)
     report(f"    done ({factored.wall_time:.0f} s)")
     report("scoring against the true intensities")
-    routes = {"dials": dials_route, "factored": factored}
+    routes = {**dials, "factored": factored}
     scores, common, ideal = score_routes(inputs.sim, routes, n_shells)
     return Comparison(inputs=inputs, routes=routes, scores=scores, common=common, ideal=ideal)
 
 
 def run(workdir: Path, nproc: int, n_shells: int = 10, mode: str = "stills",
-        n_images: int | None = None) -> dict:
+        n_images: int | None = None, dials_algorithm: str = "auto") -> dict:
     """The whole demo; returns what it writes to ``demo_results.json``."""
     workdir = workdir.resolve()
     start = time.perf_counter()
     inputs = prepare(workdir, mode, nproc, n_images)
-    comparison = compare(inputs, workdir, nproc, n_shells)
+    comparison = compare(inputs, workdir, nproc, n_shells, dials_algorithm=dials_algorithm)
     scores, routes = comparison.scores, comparison.routes
     table = comparison.tables()
     results = {
@@ -206,6 +238,7 @@ def run(workdir: Path, nproc: int, n_shells: int = 10, mode: str = "stills",
         "scores": {name: s.as_dict() for name, s in scores.items()},
         "scores_common": {name: s.as_dict() for name, s in comparison.common.items()},
         "ideal": comparison.ideal.as_dict(), "table": table,
+        "dials_route": comparison.dials_route_info,
         "timings": {name: stage.timings() for name, stage in
                     {"simulate": inputs.sim, "index": inputs.indexed, **routes}.items()},
     }
@@ -231,9 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=None,
                         help="number of images (default: the simulator's, 100 stills or 90 "
                              "rotation frames)")
+    parser.add_argument("--dials-algorithm", choices=("auto", "both"), default="auto",
+                        help="stills: dials.ssx_integrate's default algorithm=ellipsoid, "
+                             "algorithm=stills where it fails (auto), or also "
+                             "algorithm=stills where ellipsoid runs (both)")
     args = parser.parse_args(argv)
     try:
-        run(args.workdir, args.nproc, mode=args.mode, n_images=args.images)
+        run(args.workdir, args.nproc, mode=args.mode, n_images=args.images,
+            dials_algorithm=args.dials_algorithm)
     except (RuntimeError, ValueError) as e:
         print(f"[demo] FAILED: {e}", file=sys.stderr, flush=True)
         return 1

@@ -17,7 +17,8 @@ Pipelines (each returns a :class:`Stage`: output paths plus the runs with their 
 * :func:`simulate`: dials.factored_simulate (images and the truth)
 * :func:`index_stills`: dials.import → dials.find_spots → dials.ssx_index
 * :func:`index_rotation`: dials.import → dials.find_spots → dials.index → dials.refine
-* :func:`dials_route_stills`: dials.ssx_integrate algorithm=stills → dials.scale → dials.merge
+* :func:`dials_route_stills`: dials.ssx_integrate (its default algorithm=ellipsoid, falling
+  back to algorithm=stills where ellipsoid fails) → dials.scale → dials.merge
 * :func:`dials_route_rotation`: dials.integrate → dials.scale → dials.merge
 * :func:`factored_route`: dials.factored_integrate → dials.merge (→ dials.export)
 
@@ -87,6 +88,8 @@ class Stage:
     workdir: Path
     files: dict[str, Path] = field(default_factory=dict)
     runs: list[ProgramRun] = field(default_factory=list)
+    #: what ran and why, for the tables (e.g. the DIALS stills route's ``algorithm``)
+    info: dict = field(default_factory=dict)
 
     @property
     def wall_time(self) -> float:
@@ -111,13 +114,13 @@ class Stage:
         """Working directory, files and timings, for JSON (see :meth:`from_dict`)."""
         return {"workdir": str(self.workdir),
                 "files": {k: str(v) for k, v in self.files.items()},
-                "runs": self.timings()}
+                "runs": self.timings(), "info": self.info}
 
     @classmethod
     def from_dict(cls, d: dict) -> Stage:
         """The stage recorded by :meth:`as_dict`."""
         return cls(Path(d["workdir"]), {k: Path(v) for k, v in d["files"].items()},
-                   [ProgramRun.from_dict(r) for r in d["runs"]])
+                   [ProgramRun.from_dict(r) for r in d["runs"]], dict(d.get("info", {})))
 
 
 def _tree_rss(proc: psutil.Process) -> int:
@@ -319,28 +322,81 @@ def _scale_and_merge(stage: Stage, expt: str, refl: str, scale_args: Sequence[st
                        merged_mtz=wd / "merged.mtz")
 
 
-def dials_route_stills(indexed: Stage, workdir: str | os.PathLike, nproc: int = 2,
-                       integrate_args: Sequence[str] = (), scale_args: Sequence[str] = (),
-                       merge_args: Sequence[str] = ()) -> Stage:
-    """dials.ssx_integrate algorithm=stills → dials.scale → dials.merge, from indexed stills.
+#: dials.ssx_integrate's algorithms, the default first.
+SSX_ALGORITHMS = ("ellipsoid", "stills")
 
-    The default ``algorithm=ellipsoid`` fails on small sets ("Too few reflections to
-    perform refinement"); ``output.batch_size`` is raised so that all images land in one
-    ``integrated_1`` file.
-    """
-    stage = Stage(_workdir(workdir))
+
+def _ssx_integrate(stage: Stage, indexed: Stage, algorithm: str, nproc: int,
+                   integrate_args: Sequence[str], log_dir: Path | None = None) -> ProgramRun:
+    """dials.ssx_integrate ``algorithm=...`` into one ``integrated_1`` batch in the stage's
+    directory (``output.batch_size`` raised so that all images land in it)."""
     wd = stage.workdir
-    stage.add(run_program(
+    run = run_program(
         "dials.ssx_integrate",
-        [indexed.files["expt"], indexed.files["refl"], "algorithm=stills", f"nproc={nproc}",
-         "output.batch_size=1000000", "output.html=None", *integrate_args],
-        wd, expect=["integrated_1.expt", "integrated_1.refl"]))
+        [indexed.files["expt"], indexed.files["refl"], f"algorithm={algorithm}",
+         f"nproc={nproc}", "output.batch_size=1000000", "output.html=None", *integrate_args],
+        wd, log_dir=log_dir, expect=["integrated_1.expt", "integrated_1.refl"])
     if (wd / "integrated_2.expt").exists():
         raise RuntimeError(f"dials.ssx_integrate wrote more than one batch in {wd}")
+    return run
+
+
+def _clear_integrated(workdir: Path) -> None:
+    for path in workdir.glob("integrated_*"):
+        path.unlink()
+
+
+def dials_route_stills(indexed: Stage, workdir: str | os.PathLike, nproc: int = 2,
+                       integrate_args: Sequence[str] = (), scale_args: Sequence[str] = (),
+                       merge_args: Sequence[str] = (), algorithm: str = "auto") -> Stage:
+    """dials.ssx_integrate → dials.scale → dials.merge, from indexed stills.
+
+    ``algorithm="auto"`` runs dials.ssx_integrate as a user does, with its default
+    ``algorithm=ellipsoid``, and only if that fails (it stops on small sets: "Too few
+    reflections to perform refinement", or writes no integrated file) runs
+    ``algorithm=stills`` instead; ``"ellipsoid"`` or ``"stills"`` run that one only.
+    ``stage.info`` records what ran: ``algorithm`` (the one whose data are scaled),
+    ``requested``, ``reason`` (one line, for tables) and, after a fallback,
+    ``ellipsoid_error`` and ``ellipsoid_wall_s`` (the failed attempt's time, not counted
+    in the stage's runs; its log is ``<workdir>/ellipsoid_failed/``).
+    """
+    if algorithm not in ("auto", *SSX_ALGORITHMS):
+        raise ValueError(f"algorithm must be auto, ellipsoid or stills, not {algorithm!r}")
+    stage = Stage(_workdir(workdir))
+    wd = stage.workdir
+    stage.info = {"requested": algorithm}
+    if algorithm == "auto":
+        start = time.perf_counter()
+        try:
+            stage.add(_ssx_integrate(stage, indexed, "ellipsoid", nproc, integrate_args))
+            stage.info.update(algorithm="ellipsoid",
+                              reason="algorithm=ellipsoid (dials.ssx_integrate's default)")
+        except RuntimeError as e:
+            failed = wd / "ellipsoid_failed"
+            failed.mkdir(exist_ok=True)
+            log = wd / "dials.ssx_integrate.out"
+            if log.exists():
+                log.replace(failed / log.name)
+            _clear_integrated(wd)
+            stage.info.update(ellipsoid_error=str(e),
+                              ellipsoid_wall_s=round(time.perf_counter() - start, 2))
+            stage.add(_ssx_integrate(stage, indexed, "stills", nproc, integrate_args))
+            stage.info.update(algorithm="stills",
+                              reason="algorithm=stills: the default algorithm=ellipsoid "
+                                     "failed (" + _reason(e) + ")")
+    else:
+        stage.add(_ssx_integrate(stage, indexed, algorithm, nproc, integrate_args))
+        stage.info.update(algorithm=algorithm, reason=f"algorithm={algorithm} (as asked)")
     stage.files.update(integrated_expt=wd / "integrated_1.expt",
                        integrated_refl=wd / "integrated_1.refl")
     _scale_and_merge(stage, "integrated_1.expt", "integrated_1.refl", scale_args, merge_args)
     return stage
+
+
+def _reason(error: Exception, limit: int = 160) -> str:
+    """The first part of a failed program's one-line error, for a table."""
+    text = str(error).split("; last log lines: ")[-1].split(" (log: ")[0]
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def dials_route_rotation(refined: Stage, workdir: str | os.PathLike, nproc: int = 2,
@@ -361,11 +417,14 @@ def dials_route_rotation(refined: Stage, workdir: str | os.PathLike, nproc: int 
 
 
 def dials_route(indexed: Stage, workdir: str | os.PathLike, mode: str,
-                nproc: int = 2) -> Stage:
-    """:func:`dials_route_stills` or :func:`dials_route_rotation` by ``mode``."""
+                nproc: int = 2, algorithm: str = "auto") -> Stage:
+    """:func:`dials_route_stills` (with ``algorithm``) or :func:`dials_route_rotation`
+    (``stage.info["algorithm"] = "integrate"``) by ``mode``."""
     if mode == "stills":
-        return dials_route_stills(indexed, workdir, nproc=nproc)
-    return dials_route_rotation(indexed, workdir, nproc=nproc)
+        return dials_route_stills(indexed, workdir, nproc=nproc, algorithm=algorithm)
+    stage = dials_route_rotation(indexed, workdir, nproc=nproc)
+    stage.info = {"algorithm": "integrate", "reason": "dials.integrate (rotation)"}
+    return stage
 
 
 def factored_route(indexed: Stage, workdir: str | os.PathLike, nproc: int = 2,

@@ -64,6 +64,96 @@ def test_stage_sums_times_and_keeps_peak_memory(tmp_path):
     assert [t["wall_s"] for t in stage.timings()] == [1.0, 2.5]
 
 
+def _fake_programs(monkeypatch, tmp_path, ellipsoid_fails: bool) -> list[list[str]]:
+    """Replace run_program: dials.ssx_integrate algorithm=ellipsoid fails (as on a small
+    set: exit 0, no integrated file) if ``ellipsoid_fails``; every other program writes
+    its expected outputs.  Returns the list of command lines run."""
+    calls = []
+
+    def fake(name, args, cwd, log_dir=None, expect=(), timeout=None, launcher=()):
+        args = [str(a) for a in args]
+        calls.append([name, *args])
+        log = Path(log_dir or cwd) / f"{name}.out"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        if name == "dials.ssx_integrate" and "algorithm=ellipsoid" in args and ellipsoid_fails:
+            log.write_text("Too few reflections to perform refinement\n")
+            raise RuntimeError(f"{name} exited 0 but did not write integrated_1.expt in "
+                               f"{cwd}; last log lines: Too few reflections to perform "
+                               f"refinement (log: {log})")
+        log.write_text("ok\n")
+        for f in expect:
+            (Path(cwd) / f).write_text("")
+        return dp.ProgramRun([name], 0, name, log, 1.0, 10.0)
+
+    monkeypatch.setattr(dp, "run_program", fake)
+    return calls
+
+
+def _indexed(tmp_path):
+    return dp.Stage(tmp_path, files={"expt": tmp_path / "indexed.expt",
+                                     "refl": tmp_path / "indexed.refl"})
+
+
+def _algorithms(calls):
+    return [a.split("=")[1] for c in calls if c[0] == "dials.ssx_integrate"
+            for a in c if a.startswith("algorithm=")]
+
+
+def test_stills_route_runs_the_default_ellipsoid_and_says_so(monkeypatch, tmp_path):
+    calls = _fake_programs(monkeypatch, tmp_path, ellipsoid_fails=False)
+    route = dp.dials_route_stills(_indexed(tmp_path), tmp_path / "dials")
+    assert _algorithms(calls) == ["ellipsoid"]
+    assert route.info["algorithm"] == "ellipsoid"
+    assert "default" in route.info["reason"]
+    assert [r.name for r in route.runs] == ["dials.ssx_integrate", "dials.scale",
+                                            "dials.merge"]
+    assert dp.Stage.from_dict(route.as_dict()).info == route.info
+
+
+def test_stills_route_falls_back_to_stills_when_ellipsoid_fails(monkeypatch, tmp_path):
+    calls = _fake_programs(monkeypatch, tmp_path, ellipsoid_fails=True)
+    route = dp.dials_route_stills(_indexed(tmp_path), tmp_path / "dials")
+    assert _algorithms(calls) == ["ellipsoid", "stills"]
+    assert route.info["algorithm"] == "stills"
+    assert "ellipsoid failed" in route.info["reason"]
+    assert "Too few reflections" in route.info["reason"]
+    assert "Too few reflections" in route.info["ellipsoid_error"]
+    assert route.info["ellipsoid_wall_s"] >= 0
+    # the failed attempt's log is kept, apart from the fallback's
+    assert (tmp_path / "dials" / "ellipsoid_failed" / "dials.ssx_integrate.out").is_file()
+    assert [r.name for r in route.runs] == ["dials.ssx_integrate", "dials.scale",
+                                            "dials.merge"]
+
+
+def test_stills_route_runs_only_the_algorithm_asked_for(monkeypatch, tmp_path):
+    calls = _fake_programs(monkeypatch, tmp_path, ellipsoid_fails=True)
+    route = dp.dials_route_stills(_indexed(tmp_path), tmp_path / "dials", algorithm="stills")
+    assert _algorithms(calls) == ["stills"]
+    assert route.info == {"requested": "stills", "algorithm": "stills",
+                          "reason": "algorithm=stills (as asked)"}
+    with pytest.raises(RuntimeError, match="Too few reflections"):
+        dp.dials_route_stills(_indexed(tmp_path), tmp_path / "e", algorithm="ellipsoid")
+    with pytest.raises(ValueError, match="algorithm must be"):
+        dp.dials_route_stills(_indexed(tmp_path), tmp_path / "x", algorithm="summation")
+
+
+def test_demo_both_runs_the_stills_algorithm_beside_ellipsoid(monkeypatch, tmp_path):
+    from dials_factored import demo
+
+    calls = _fake_programs(monkeypatch, tmp_path, ellipsoid_fails=False)
+    inputs = demo.Inputs(mode="stills", sim=dp.Stage(tmp_path), indexed=_indexed(tmp_path),
+                         images=[], space_group="P1", unit_cell=(1,) * 6, bandwidth=0.0)
+    routes = demo.dials_routes(inputs, tmp_path, 1, "both", report=lambda m: None)
+    assert list(routes) == ["dials", "dials_stills"]
+    assert _algorithms(calls) == ["ellipsoid", "stills"]
+    assert routes["dials_stills"].info["algorithm"] == "stills"
+    calls.clear()
+    _fake_programs(monkeypatch, tmp_path, ellipsoid_fails=True)
+    routes = demo.dials_routes(inputs, tmp_path / "small", 1, "both", report=lambda m: None)
+    assert list(routes) == ["dials"]  # ellipsoid failed: the stills route is the only one
+    assert routes["dials"].info["algorithm"] == "stills"
+
+
 @pytest.mark.slow
 def test_index_and_integrate_real_thermolysin_stills(shared_data, tmp_path):
     from dxtbx.model.experiment_list import ExperimentListFactory
@@ -81,6 +171,9 @@ def test_index_and_integrate_real_thermolysin_stills(shared_data, tmp_path):
     route = dp.dials_route_stills(indexed, tmp_path / "dials", nproc=2)
     assert route.files["merged_mtz"].is_file()
     assert not (tmp_path / "dials" / "integrated_2.refl").exists()
+    # four stills: the default algorithm=ellipsoid may fail; then the fallback is recorded
+    assert route.info["algorithm"] in ("ellipsoid", "stills")
+    assert (route.info["algorithm"] == "ellipsoid") != ("ellipsoid_error" in route.info)
 
 
 @pytest.mark.slow

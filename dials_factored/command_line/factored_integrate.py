@@ -108,9 +108,11 @@ profile {
     .help = "Rotation: width of the log-normal priors on the radial width R0 and the"
             "angular mosaic spread σ_m around their initial values."
     .expert_level = 1
-  anisotropic = False
+  anisotropic = Auto
     .type = bool
     .help = "Fit separate widths along the circumferential and radial directions."
+            "Auto: yes for rotation data (an angular mosaic spread widens spots along"
+            "the circumference as 1/d, not radially), no for stills."
   n_resolution_bins = 5
     .type = int(value_min=1)
     .help = "Number of nodes of R1(d) on a grid in 1/d²."
@@ -133,7 +135,8 @@ profile {
             "and fit only the scales and partialities."
   box_sigma = 4.0
     .type = float(value_min=1)
-    .help = "Half-width of the shoebox in units of the initial R1."
+    .help = "Half-width of the shoebox in units of the initial R1 (of the fitted widths"
+            "when the boxes are re-cut, see dials_factored/recut.py)."
     .expert_level = 1
   min_box_half_width = 3
     .type = int(value_min=1)
