@@ -2,13 +2,13 @@
 
 One mode runs, in ``<workdir>/<mode>``:
 
-1. the simulation and indexing of the demo (:func:`dials_factored.demo.prepare`, fixed
+1. the simulation and indexing of the demo (:func:`harness.demo.prepare`, fixed
    seed), with the benchmark's size and detector; with ``--reuse`` a previous run's data
    made with the same parameters are taken instead (``inputs.json`` records them);
 2. the read-and-decode floor: every image read with dxtbx (``get_raw_data``) in one
    process and in two (:func:`read_floor`);
 3. both routes from the same indexed data and their scores
-   (:func:`dials_factored.demo.compare`, without dials.export);
+   (:func:`harness.demo.compare`, without dials.export);
 4. stills only: dials.factored_integrate on the indexed stills of the first N images
    (``--memory-sizes``), for the growth of its peak memory with the number of images;
 5. with ``--ranks``: dials.factored_integrate under ``mpirun -n N`` (``mp.method=mpi``),

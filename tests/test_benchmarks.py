@@ -147,7 +147,7 @@ def test_rotation_angular_settings_keep_the_issue_geometry():
 
 def test_pass_rate_is_read_from_the_log(tmp_path):
     from benchmarks import simulated
-    from dials_factored import dials_programs as dp
+    from harness import dials_programs as dp
 
     log = tmp_path / "dials.factored_integrate.out"
     log.write_text("cycle pass: 1000000 pixels in 0.20 s of block work (5.00 M pixels/s per "

@@ -17,10 +17,10 @@ import json
 import numpy as np
 import pytest
 
-from dials_factored import dials_programs as dp
-from dials_factored import evaluate as ev
 from dials_factored.arrays import to_numpy
 from dials_factored.recut import MIN_BACKGROUND_PIXELS
+from harness import dials_programs as dp
+from harness import evaluate as ev
 
 pytestmark = pytest.mark.slow
 

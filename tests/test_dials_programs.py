@@ -138,7 +138,7 @@ def test_stills_route_runs_only_the_algorithm_asked_for(monkeypatch, tmp_path):
 
 
 def test_demo_both_runs_the_stills_algorithm_beside_ellipsoid(monkeypatch, tmp_path):
-    from dials_factored import demo
+    from harness import demo
 
     calls = _fake_programs(monkeypatch, tmp_path, ellipsoid_fails=False)
     inputs = demo.Inputs(mode="stills", sim=dp.Stage(tmp_path), indexed=_indexed(tmp_path),

@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from dials_factored import demo
+from harness import demo
 
 GRID_SCAN = ["detector.size=512,512", "d_min=2.0", "stills.grid_scan.enable=True",
              "detector.psf=0.5", "detector.psf_shape=lorentzian_tails",
