@@ -42,8 +42,9 @@ anomalous = *auto true false
   .type = choice
   .help = "Keep Bijvoet mates I(+), I(-) apart in the bootstrapped I_h, the error model"
           "and the outlier tests. auto: true when reference= is anomalous (I(+)/I(-)"
-          "columns), else false; the log reports the data's own anomalous signal"
-          "(CC_ano of random half data sets) and warns when it is significant."
+          "columns); without a reference, from the second cycle on when the data's own"
+          "CC_ano½ (random half data sets) after the first is significant (> 3/√n over"
+          "n ≥ 100 Bijvoet pairs); false otherwise. The log reports CC_ano½."
 d_min = None
   .type = float(value_min=0.3)
   .help = "High-resolution limit (Å). None: the detector's corners."
