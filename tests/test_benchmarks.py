@@ -105,10 +105,10 @@ def test_issue18_cases_are_modes_with_their_parameters():
     assert args.modes == ["lowbg", "readnoise"]
     assert (args.case_stills, args.case_detector) == (100, (1024, 1024))
     assert {"lowbg", "readnoise"} <= set(run.parser().parse_args([]).modes)
-    low = simulated.Settings(mode="lowbg", n_images=100, workdir=Path("."))
-    assert low.kind == "stills"
+    low = simulated.Settings(case="lowbg", n_images=100, workdir=Path("."))
+    assert low.mode == "stills"
     assert "background.constant=0.05" in low.simulate_args
-    noisy = simulated.Settings(mode="readnoise", n_images=100, workdir=Path("."))
+    noisy = simulated.Settings(case="readnoise", n_images=100, workdir=Path("."))
     assert {"detector.gain=10", "detector.read_noise=0.3"} <= set(noisy.simulate_args)
     inputs = simulated.case_inputs(simulated.demo.Inputs(
         mode="stills", sim=None, indexed=None, images=[], space_group="P1",
@@ -116,7 +116,7 @@ def test_issue18_cases_are_modes_with_their_parameters():
     assert inputs.factored_args == ["beam.bandwidth=0.002", "detector.gain=10",
                                     "detector.read_noise=0.3"]
     # both routes get the gain, and a trusted range that keeps negative pixels
-    assert simulated.CASES["readnoise"].import_args == (
+    assert simulated.STILLS_CASES["readnoise"].import_args == (
         "geometry.detector.panel.gain=10", "geometry.detector.panel.trusted_range=-61,1000000")
 
 
