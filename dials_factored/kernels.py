@@ -179,33 +179,10 @@ def width_envelope(t, u_lo, u_hi, shift):
 
 
 @njit(cache=True, nogil=True)
-def envelope_excess(counts, P, usable, start, bg, j_ref, p_max, u_lo, u_hi, shift, min_peak):
-    """Per reflection max over its usable pixels of (I − μ_env − 3√μ_env)/(Ĵ·max P), at
-    least 0: how far a spot exceeds the width envelope beyond its noise, in units of the
-    template's peak; NaN where Ĵ·max P < ``min_peak`` counts."""
-    m = start.shape[0] - 1
-    out = np.full(m, np.nan)
-    for r in range(m):
-        peak = j_ref[r] * p_max[r]
-        if peak < min_peak:
-            continue
-        level = max(bg[r], 0.0)
-        top = 0.0
-        for i in range(start[r], start[r + 1]):
-            if usable[i]:
-                t = P[i] / p_max[r]
-                env = level + peak * max(width_envelope(t, u_lo, u_hi, shift), t)
-                top = max(top, np.float64(counts[i]) - env - 3.0 * math.sqrt(env))
-        out[r] = top / peak
-    return out
-
-
-@njit(cache=True, nogil=True)
 def outlier_candidates(counts, P, usable, start, bg, j_ref, p_max, threshold, peak_factor,
-                       read_variance, u_lo, u_hi, shift, kappa):
-    """Pixels above ``peak_factor`` × the model peak, ``kappa`` × the model peak and
-    ``threshold`` Gaussian σ above the width envelope, and the envelope's expected photons
-    μ_env per pixel.
+                       read_variance, u_lo, u_hi, shift):
+    """Pixels above ``peak_factor`` × the model peak and ``threshold`` Gaussian σ above
+    the width envelope, and the envelope's expected photons μ_env per pixel.
 
     μ = max(Bg, 0) + Ĵ·P the template's model, μ_env = max(Bg, 0) + Ĵ·max P·env(P/max P)
     the most any template of the tolerated widths and centres allows (see
@@ -222,9 +199,8 @@ def outlier_candidates(counts, P, usable, start, bg, j_ref, p_max, threshold, pe
             env = level + peak * max(width_envelope(t, u_lo, u_hi, shift), t)
             mu_env[i] = env
             excess = counts[i] - (level + j_ref[r] * P[i])
-            above = counts[i] - env
-            cand[i] = (usable[i] and excess > peak_factor * peak and above > kappa * peak
-                       and above > threshold * math.sqrt(env + read_variance))
+            cand[i] = (usable[i] and excess > peak_factor * peak
+                       and counts[i] - env > threshold * math.sqrt(env + read_variance))
     return cand, mu_env
 
 

@@ -72,8 +72,6 @@ SHAPES = {
     "core + 30 % Lorentzian tails": dict(r1=0.7 * R1_TEMPLATE, tail=0.3),
     "sharper x0.5, 1 px off centre": dict(r1=0.5 * R1_TEMPLATE, shift=1.0),
     "matched, 1.5 px off centre": dict(r1=R1_TEMPLATE, shift=1.5),
-    # beyond the envelope's centre tolerance: the measured profile error κ covers it
-    "sharper x0.7, 3 px off centre": dict(r1=0.7 * R1_TEMPLATE, shift=3.0),
 }
 
 

@@ -49,10 +49,6 @@ MIN_PEAK_COUNTS = 30.0
 MIN_STRONG_SPOTS = 10
 SHARPNESS_QUANTILE = 90.0
 SHARPNESS_MARGIN = 1.5
-#: The profile error κ: the median of the strong spots' excess over the envelope beyond
-#: their noise (in units of their template peak; the median, so that zingers or hot pixels
-#: in up to half the strong boxes do not raise it), times MISFIT_MARGIN.
-MISFIT_MARGIN = 2.0
 #: A hot detector position varies by less than this factor over the frames of a box.
 HOT_STEADINESS = 2.0
 
@@ -126,13 +122,10 @@ def outlier_pixels(pix, P, usable, bg, j_expected, threshold: float,
       ``MIN_STRONG_SPOTS``) are sharper: ``SHARPNESS_MARGIN`` × the upper decile of
       their max(I − Bg)/(Ĵ·max P).  So a real spot sharper or blunter than the
       template, or off its predicted centre, is not masked, whereas a zinger on the
-      background or on a weak spot is far above any template.  What the envelope does
-      not cover (a misfit that scales with the spot: anisotropy, larger centre errors)
-      is measured on the same strong spots as κ (:func:`profile_error`), and a pixel must
-      also exceed μ_env by κ·Ĵ·max P: the fractional profile error (κ·Ĵ·P) of the spot.
-      The noise is Poisson(μ) plus Gaussian read noise σ²; the tail uses the
-      shifted-Poisson approximation I + σ² ~ Poisson(μ + σ²), P(X ≥ n) = γ(n, μ')/Γ(n),
-      with no floor on μ: at 0.05 photons/pixel one photon is not an outlier, nine are.
+      background or on a weak spot is far above any template.  The noise is Poisson(μ)
+      plus Gaussian read noise σ²; the tail uses the shifted-Poisson approximation
+      I + σ² ~ Poisson(μ + σ²), P(X ≥ n) = γ(n, μ')/Γ(n), with no floor on μ: at 0.05
+      photons/pixel one photon is not an outlier, nine are.
     * **a hot detector position** (rotation boxes of three or more recorded frames): the
       same x, y is more than ``threshold`` σ above the background on *every* recorded
       frame of the box (frames past the scan are unusable and do not count), and steady
@@ -145,13 +138,11 @@ def outlier_pixels(pix, P, usable, bg, j_expected, threshold: float,
     rate = (np.maximum(bg, 1e-9) if n_bg is None else background_rate(bg, n_bg)) + read_variance
     j_ref, p_max = kernels.reference_amplitudes(pix.counts, P, usable, pix.start, bg, rate,
                                                 jhat)
-    u_lo = 1.0 / width_tolerance ** 2
     u_hi = sharpest_allowed(pix, usable, bg, j_ref, p_max, width_tolerance)
-    kappa = profile_error(pix, P, usable, bg, j_ref, p_max, u_lo, u_hi, centre_tolerance)
     cand, mu = kernels.outlier_candidates(pix.counts, P, usable, pix.start, bg, j_ref, p_max,
                                           float(threshold), float(peak_factor),
-                                          float(read_variance), u_lo, u_hi,
-                                          float(centre_tolerance), kappa)
+                                          float(read_variance), 1.0 / width_tolerance ** 2,
+                                          u_hi, float(centre_tolerance))
     candidate = np.flatnonzero(cand)
     against_model = np.zeros(len(pix.counts), bool)
     against_model[candidate] = poisson_tail(pix.counts[candidate] + read_variance,
@@ -159,20 +150,6 @@ def outlier_pixels(pix, P, usable, bg, j_expected, threshold: float,
     hot = kernels.hot_positions(pix.counts, usable, pix.frame, pix.start, bg, float(threshold),
                                 float(read_variance), HOT_STEADINESS)
     return usable & (against_model | hot)
-
-
-def profile_error(pix, P, usable, bg, j_ref, p_max, u_lo: float, u_hi: float,
-                  shift: float) -> float:
-    """κ, the profile error the strong spots show beyond the envelope (``outlier_pixels``):
-    ``MISFIT_MARGIN`` × the median of their max(I − μ_env − 3√μ_env)/(Ĵ·max P), at least
-    0; 0 with fewer than ``MIN_STRONG_SPOTS``.
-    """
-    e = kernels.envelope_excess(pix.counts, P, usable, pix.start, np.asarray(bg, float),
-                                j_ref, p_max, u_lo, u_hi, float(shift), MIN_PEAK_COUNTS)
-    e = e[np.isfinite(e)]
-    if len(e) < MIN_STRONG_SPOTS:
-        return 0.0
-    return MISFIT_MARGIN * float(np.median(e))
 
 
 def sharpest_allowed(pix, usable, bg, j_ref, p_max, width_tolerance: float) -> float:
