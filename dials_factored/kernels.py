@@ -123,85 +123,37 @@ def fit_sums(counts, P, usable, start, bg, rate, jm):
 
 
 @njit(cache=True, nogil=True)
-def reference_amplitudes(counts, P, usable, start, bg, rate, jhat):
-    """Ĵ = max(J_expected, J fitted with w = 1/(rate + J_expected·P)) and the box's
-    template peak max P, per reflection (see residuals.intensity.outlier_pixels)."""
-    m = start.shape[0] - 1
-    j_ref = np.zeros(m)
-    p_max = np.zeros(m)
-    for r in range(m):
+def outlier_candidates(counts, P, usable, start, bg, rate, jhat, threshold, peak_factor,
+                       read_variance):
+    """Pixels above ``threshold`` Gaussian σ and ``peak_factor`` × the model peak, and μ.
+
+    Ĵ = max(J_expected, J fitted with w = 1/(rate + J_expected·P)) per reflection,
+    μ = max(Bg, 0) + Ĵ·P (see residuals.intensity.outlier_pixels).
+    """
+    n = counts.shape[0]
+    cand = np.zeros(n, np.bool_)
+    mu = np.empty(n)
+    for r in range(start.shape[0] - 1):
+        p0, p1 = start[r], start[r + 1]
         s_wpp = s_wpd = 0.0
-        top = 0.0
-        for i in range(start[r], start[r + 1]):
+        p_max = -np.inf
+        for i in range(p0, p1):
             p = P[i]
-            top = max(top, p)
+            p_max = max(p_max, p)
             if usable[i]:
                 wp = p / (rate[r] + jhat[r] * p)
                 s_wpp += wp * p
                 s_wpd += wp * (np.float64(counts[i]) - bg[r])
         fitted = s_wpd / s_wpp if s_wpp > 0 else 0.0
-        j_ref[r] = max(jhat[r], fitted)
-        p_max[r] = top
-    return j_ref, p_max
-
-
-@njit(cache=True, nogil=True)
-def peak_ratios(counts, usable, start, bg, j_ref, p_max, min_peak):
-    """Per reflection the highest usable pixel above the background over the template's
-    peak, max(I − Bg)/(Ĵ·max P); NaN where Ĵ·max P < ``min_peak`` counts."""
-    m = start.shape[0] - 1
-    out = np.full(m, np.nan)
-    for r in range(m):
-        peak = j_ref[r] * p_max[r]
-        if peak < min_peak:
-            continue
-        top = -np.inf
-        for i in range(start[r], start[r + 1]):
-            if usable[i]:
-                top = max(top, np.float64(counts[i]) - bg[r])
-        out[r] = top / peak
-    return out
-
-
-@njit(cache=True, nogil=True)
-def width_envelope(t, u_lo, u_hi, shift):
-    """max over u in [u_lo, u_hi] of u·t'^u: the peak-normalised value at a pixel of a 2D
-    Gaussian template whose width is 1/√u times the template's and whose centre is up
-    to ``shift`` template σ nearer (t = P/max P, t' the shifted t); see
-    residuals.intensity.outlier_pixels."""
-    if t <= 0.0:
-        return 0.0
-    rho = math.sqrt(max(-2.0 * math.log(min(t, 1.0)), 0.0))
-    rho = max(rho - shift, 0.0)
-    log_t = -0.5 * rho * rho
-    u = u_hi if log_t > -1.0 / u_hi else min(max(-1.0 / log_t, u_lo), u_hi)
-    return u * math.exp(u * log_t)
-
-
-@njit(cache=True, nogil=True)
-def outlier_candidates(counts, P, usable, start, bg, j_ref, p_max, threshold, peak_factor,
-                       read_variance, u_lo, u_hi, shift):
-    """Pixels above ``peak_factor`` × the model peak and ``threshold`` Gaussian σ above
-    the width envelope, and the envelope's expected photons μ_env per pixel.
-
-    μ = max(Bg, 0) + Ĵ·P the template's model, μ_env = max(Bg, 0) + Ĵ·max P·env(P/max P)
-    the most any template of the tolerated widths and centres allows (see
-    residuals.intensity.outlier_pixels)."""
-    n = counts.shape[0]
-    cand = np.zeros(n, np.bool_)
-    mu_env = np.empty(n)
-    for r in range(start.shape[0] - 1):
-        p0, p1 = start[r], start[r + 1]
+        j_ref = max(jhat[r], fitted)
         level = max(bg[r], 0.0)
-        peak = j_ref[r] * p_max[r]
         for i in range(p0, p1):
-            t = P[i] / p_max[r] if p_max[r] > 0 else 0.0
-            env = level + peak * max(width_envelope(t, u_lo, u_hi, shift), t)
-            mu_env[i] = env
-            excess = counts[i] - (level + j_ref[r] * P[i])
-            cand[i] = (usable[i] and excess > peak_factor * peak
-                       and counts[i] - env > threshold * math.sqrt(env + read_variance))
-    return cand, mu_env
+            m = level + j_ref * P[i]
+            mu[i] = m
+            excess = counts[i] - m
+            cand[i] = (usable[i] and excess > threshold * math.sqrt(m + read_variance)
+                       and excess > peak_factor * j_ref * p_max)
+    return cand, mu
 
 
 @njit(cache=True, nogil=True)

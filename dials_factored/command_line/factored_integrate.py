@@ -558,13 +558,6 @@ def _log_statistics(result, experiments):
         logger.info("Fitted φ widths: angular mosaic spread σ_m = %.4f° (DIALS's sigma_m), "
                     "radial R0 = %.5f Å⁻¹", p["sigma_m_deg"], p["radial_r0"])
     logger.info("Outlier pixels masked (hot pixels, zingers): %d", p["outlier_pixels"])
-    per_still = result.diagnostics.get("per_still")
-    if per_still:
-        frac = np.asarray(per_still["masked_fraction"])
-        worst = np.argsort(frac)[::-1][:3]
-        logger.info("Masked pixels per still, fraction of its foreground pixels: median "
-                    "%.3f%%, max %.3f%% (stills %s)", 100 * np.median(frac), 100 * frac.max(),
-                    ", ".join(f"{i}: {100 * frac[i]:.3f}%" for i in worst))
     for warning in p.get("warnings", []):
         logger.warning("Warning: %s", warning)
     if not p.get("warnings"):

@@ -30,25 +30,10 @@ from scipy.special import gammainc, ndtr
 
 from dials_factored import kernels
 
-#: Optional extra condition: an outlier's excess over the template's model above this many
-#: times the model's peak count.  0 (off): the width envelope below allows for spots
-#: sharper than the template locally; the old absolute guard (3) hid zingers of up to
-#: 3·Ĵ·max P counts anywhere in a strong spot's box (a third of the zingers on the
-#: synthetic boxes of tests/test_outlier_masking.py).
-PEAK_FACTOR = 0.0
-#: The template's width may be off by this factor either way (envelope of the outlier
-#: test, and at least this much sharpness is allowed at the peak).
-WIDTH_TOLERANCE = 2.0
-#: ... and its centre by this many template σ (the prediction error of real stills).
-CENTRE_TOLERANCE = 1.0
-#: Strong spots (template peak Ĵ·max P at least this many counts) measure how much
-#: sharper than the template the real peaks are ...
-MIN_PEAK_COUNTS = 30.0
-#: ... when at least this many are in the block; their upper decile of
-#: max(I − Bg)/(Ĵ·max P), times SHARPNESS_MARGIN, is the largest u (1/width²) allowed.
-MIN_STRONG_SPOTS = 10
-SHARPNESS_QUANTILE = 90.0
-SHARPNESS_MARGIN = 1.5
+#: A pixel is an outlier only above this many times the model's own peak count: real
+#: spots can be several times sharper at the peak than the Gaussian template (small
+#: molecules, rotation profiles cut by the scan), zingers and hot pixels are more.
+PEAK_FACTOR = 3.0
 #: A hot detector position varies by less than this factor over the frames of a box.
 HOT_STEADINESS = 2.0
 
@@ -101,31 +86,24 @@ def summation(pix, fg, usable, bg, n_bg, read_variance: float = 0.0):
 
 def outlier_pixels(pix, P, usable, bg, j_expected, threshold: float,
                    peak_factor: float = PEAK_FACTOR, n_bg=None,
-                   read_variance: float = 0.0, width_tolerance: float = WIDTH_TOLERANCE,
-                   centre_tolerance: float = CENTRE_TOLERANCE) -> np.ndarray:
-    """Pixels far above what the model allows, with its own uncertainty: hot pixels, zingers.
+                   read_variance: float = 0.0) -> np.ndarray:
+    """Pixels far above what the model allows: hot pixels and zingers.
 
     Two tests, either flags a pixel:
 
-    * **against the model, its width and centre marginalised**: with Ĵ the larger of the
-      expected amplitude and the profile-fitted one, a pixel is an outlier when its
-      count is improbable — upper tail probability below Φ(−``threshold``) — even
-      under the most any plausible template allows there (and, if ``peak_factor`` > 0,
-      its excess over Bg + Ĵ·P is above ``peak_factor``·Ĵ·max P),
-      μ_env = Bg + Ĵ·max P·env(t), t = P/max P.  The envelope env(t) =
-      max_u u·t'^u is the peak-normalised value of a 2D Gaussian of the template's shape
-      scaled in width by 1/√u (u·t^u: same integral, peak u times higher), for
-      u ∈ [1/k², u_hi] (k = ``width_tolerance``), with its centre up to
-      ``centre_tolerance`` template σ nearer (t' = exp(−½ max(0, ρ − δ)²),
-      ρ = √(−2 ln t)); the maximising u is −1/ln t', clamped.  u_hi is k², or more when
-      the strong spots of the call (Ĵ·max P ≥ ``MIN_PEAK_COUNTS``, at least
-      ``MIN_STRONG_SPOTS``) are sharper: ``SHARPNESS_MARGIN`` × the upper decile of
-      their max(I − Bg)/(Ĵ·max P).  So a real spot sharper or blunter than the
-      template, or off its predicted centre, is not masked, whereas a zinger on the
-      background or on a weak spot is far above any template.  The noise is Poisson(μ)
-      plus Gaussian read noise σ²; the tail uses the shifted-Poisson approximation
-      I + σ² ~ Poisson(μ + σ²), P(X ≥ n) = γ(n, μ')/Γ(n), with no floor on μ: at 0.05
-      photons/pixel one photon is not an outlier, nine are.
+    * **against the model**: with Ĵ the larger of the expected amplitude and the
+      profile-fitted one, μ = Bg + Ĵ·P the model's expected photons, a pixel is an
+      outlier when its count is improbable under the model's noise law — its upper
+      tail probability below Φ(−``threshold``) — and its excess I − μ is more than
+      ``peak_factor`` times the model's own peak count Ĵ·max(P).  The noise is
+      Poisson(μ) plus Gaussian read noise σ²; the tail uses the shifted-Poisson
+      approximation I + σ² ~ Poisson(μ + σ²) (same mean and variance), evaluated as
+      P(X ≥ n) = γ(n, μ')/Γ(n) (regularised lower incomplete gamma) with no floor on
+      μ: at 0.05 photons/pixel one photon is not an outlier, nine are.  (Pixels
+      within ``threshold`` Gaussian σ, √μ', are never tested: the Poisson upper tail
+      is heavier.)  The second condition keeps the peak pixels of real spots that
+      are merely sharper than the Gaussian template; a zinger or hot pixel on
+      background or on a weak spot fails both.
     * **a hot detector position** (rotation boxes of three or more recorded frames): the
       same x, y is more than ``threshold`` σ above the background on *every* recorded
       frame of the box (frames past the scan are unusable and do not count), and steady
@@ -136,13 +114,9 @@ def outlier_pixels(pix, P, usable, bg, j_expected, threshold: float,
     jhat = np.maximum(j_expected, 0.0)
     bg = np.asarray(bg, float)
     rate = (np.maximum(bg, 1e-9) if n_bg is None else background_rate(bg, n_bg)) + read_variance
-    j_ref, p_max = kernels.reference_amplitudes(pix.counts, P, usable, pix.start, bg, rate,
-                                                jhat)
-    u_hi = sharpest_allowed(pix, usable, bg, j_ref, p_max, width_tolerance)
-    cand, mu = kernels.outlier_candidates(pix.counts, P, usable, pix.start, bg, j_ref, p_max,
+    cand, mu = kernels.outlier_candidates(pix.counts, P, usable, pix.start, bg, rate, jhat,
                                           float(threshold), float(peak_factor),
-                                          float(read_variance), 1.0 / width_tolerance ** 2,
-                                          u_hi, float(centre_tolerance))
+                                          float(read_variance))
     candidate = np.flatnonzero(cand)
     against_model = np.zeros(len(pix.counts), bool)
     against_model[candidate] = poisson_tail(pix.counts[candidate] + read_variance,
@@ -150,18 +124,6 @@ def outlier_pixels(pix, P, usable, bg, j_expected, threshold: float,
     hot = kernels.hot_positions(pix.counts, usable, pix.frame, pix.start, bg, float(threshold),
                                 float(read_variance), HOT_STEADINESS)
     return usable & (against_model | hot)
-
-
-def sharpest_allowed(pix, usable, bg, j_ref, p_max, width_tolerance: float) -> float:
-    """u_hi of the outlier envelope: k², or ``SHARPNESS_MARGIN`` × the upper decile of the
-    strong spots' peak ratios max(I − Bg)/(Ĵ·max P) when larger (``outlier_pixels``)."""
-    q = kernels.peak_ratios(pix.counts, usable, pix.start, np.asarray(bg, float), j_ref,
-                            p_max, MIN_PEAK_COUNTS)
-    q = q[np.isfinite(q)]
-    u_hi = float(width_tolerance) ** 2
-    if len(q) >= MIN_STRONG_SPOTS:
-        u_hi = max(u_hi, SHARPNESS_MARGIN * float(np.percentile(q, SHARPNESS_QUANTILE)))
-    return u_hi
 
 
 def poisson_tail(n, mu):
