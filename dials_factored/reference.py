@@ -247,7 +247,7 @@ def with_shell_means(i_ref: np.ndarray, inv_d2: np.ndarray, n_bins: int = 20) ->
     of a reflection's intensity.  Bins with no reference stay NaN."""
     w = world()
     has = np.isfinite(i_ref)
-    if has.all():
+    if w.min(float(has.all())) == 1.0:  # decided by all ranks: the sums below are collective
         return i_ref
     lo = w.min(float(inv_d2.min()) if len(inv_d2) else np.inf)
     hi = w.max(float(inv_d2.max()) if len(inv_d2) else -np.inf)
