@@ -523,8 +523,12 @@ def _fit_and_integrate(experiments, params, table, store, owned, stills, symmetr
                                                     np.where(informative, obs_scale, 0.0))
         i_ref = np.where(external, ref_values, references.merged(
             group, j, var_j, np.where(informative, obs_scale, 0.0)))
-        j_expected = _expected(_model_or_prior(obs_scale, i_ref, j, inv_4d2, group,
-                                               informative & (obs_scale > 0)), j, var_j)
+        # stills: the Wilson prior where no other observation informs I_ref; rotation keeps
+        # scale·I_ref (under MPI a sweep's rows are shared between ranks, so a count of
+        # "other observations" would depend on the ranks: test_mpi)
+        measured = informative & (obs_scale > 0) & np.isfinite(j) & np.isfinite(var_j)
+        j_expected = _expected(_model_or_prior(obs_scale, i_ref, j, inv_4d2, group, measured)
+                               if stills else obs_scale * i_ref, j, var_j)
         if stills and active is None:
             p_now = _partiality(x, layout, excitation(x), inv_4d2, rbw_sq)
             active = p_now ** (1 / PRUNE_WIDEN ** 2) >= params.prediction.partiality_floor
