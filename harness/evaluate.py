@@ -479,3 +479,31 @@ def on_common_reflections(arrays: Mapping[str, miller.array], truth: miller.arra
     for a in moved.values():
         common = a if common is None else common.common_set(a)
     return {name: a.common_set(common) for name, a in moved.items()}
+
+
+def scaled_cc_to_truth(table, sim) -> tuple[float, int]:
+    """CC of the inverse-variance merged scaled intensities of an output table (scaled rows
+    matched to the simulator's observations) with the true intensities, and the number of
+    scaled rows matched; ``sim`` is the simulation directory."""
+    from dials.array_family import flex as dflex
+    from dxtbx.model.experiment_list import ExperimentListFactory
+
+    from dials_factored.arrays import to_numpy
+    from dials_factored.merging import asu_groups, symmetry_of, weighted_mean
+
+    scaled = table.select(table.get_flags(table.flags.scaled))
+    truth = dict(np.load(sim / "truth" / "observations.npz"))
+    rows = truth_rows(to_numpy(scaled["id"]), to_numpy(scaled["miller_index"]),
+                      truth["experiment"], truth["miller_index"])
+    scaled = scaled.select(dflex.bool((rows >= 0).tolist()))
+    rows = rows[rows >= 0]
+    isf = to_numpy(scaled["inverse_scale_factor"])
+    value = to_numpy(scaled["intensity.scale.value"]) / isf
+    variance = to_numpy(scaled["intensity.scale.variance"]) / isf ** 2
+    symmetry = symmetry_of(ExperimentListFactory.from_json_file(
+        str(sim / "truth" / "models.expt"), check_format=False))
+    _, group = asu_groups(scaled["miller_index"], symmetry)
+    merged, _ = weighted_mean(group, value, variance)
+    true = np.zeros(len(merged))
+    true[group] = truth["i_true"][rows]
+    return float(np.corrcoef(merged, true)[0, 1]), len(scaled)

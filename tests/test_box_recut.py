@@ -36,9 +36,6 @@ class Run:
 
     def __init__(self, sim, out, r1):
         from dials.array_family import flex
-        from dxtbx.model.experiment_list import ExperimentListFactory
-
-        from dials_factored.merging import asu_groups, symmetry_of, weighted_mean
 
         out.mkdir()
         dp.run_program("dials.factored_integrate", [sim / "truth" / "models.expt", "nproc=1",
@@ -47,23 +44,8 @@ class Run:
         self.parameters = json.loads((out / "factored_parameters.json").read_text())[
             "parameters"]
         self.table = table = flex.reflection_table.from_file(str(out / "factored.refl"))
-        scaled = table.select(table.get_flags(table.flags.scaled))
+        self.cc, self.n_scaled = ev.scaled_cc_to_truth(table, sim)
         truth = dict(np.load(sim / "truth" / "observations.npz"))
-        rows = ev.truth_rows(to_numpy(scaled["id"]), to_numpy(scaled["miller_index"]),
-                             truth["experiment"], truth["miller_index"])
-        scaled = scaled.select(flex.bool((rows >= 0).tolist()))
-        rows = rows[rows >= 0]
-        isf = to_numpy(scaled["inverse_scale_factor"])
-        value = to_numpy(scaled["intensity.scale.value"]) / isf
-        variance = to_numpy(scaled["intensity.scale.variance"]) / isf ** 2
-        symmetry = symmetry_of(ExperimentListFactory.from_json_file(
-            str(sim / "truth" / "models.expt"), check_format=False))
-        _, group = asu_groups(scaled["miller_index"], symmetry)
-        merged, _ = weighted_mean(group, value, variance)
-        true = np.zeros(len(merged))
-        true[group] = truth["i_true"][rows]
-        self.cc = float(np.corrcoef(merged, true)[0, 1])
-        self.n_scaled = len(scaled)
         # per observation, against the simulator's expected counts
         rows = ev.truth_rows(to_numpy(table["id"]), to_numpy(table["miller_index"]),
                              truth["experiment"], truth["miller_index"])

@@ -32,28 +32,9 @@ def _true_r0(sim) -> float:
 class Run:
     def __init__(self, sim, out):
         from dials.array_family import flex
-        from dxtbx.model.experiment_list import ExperimentListFactory
-
-        from dials_factored.merging import asu_groups, symmetry_of, weighted_mean
 
         table = flex.reflection_table.from_file(str(out / "factored.refl"))
-        table = table.select(table.get_flags(table.flags.scaled))
-        truth = dict(np.load(sim / "truth" / "observations.npz"))
-        rows = ev.truth_rows(to_numpy(table["id"]), to_numpy(table["miller_index"]),
-                             truth["experiment"], truth["miller_index"])
-        table = table.select(flex.bool((rows >= 0).tolist()))
-        rows = rows[rows >= 0]
-        isf = to_numpy(table["inverse_scale_factor"])
-        value = to_numpy(table["intensity.scale.value"]) / isf
-        variance = to_numpy(table["intensity.scale.variance"]) / isf ** 2
-        symmetry = symmetry_of(ExperimentListFactory.from_json_file(
-            str(sim / "truth" / "models.expt"), check_format=False))
-        _, group = asu_groups(table["miller_index"], symmetry)
-        merged, _ = weighted_mean(group, value, variance)
-        true = np.zeros(len(merged))
-        true[group] = truth["i_true"][rows]
-        self.cc = float(np.corrcoef(merged, true)[0, 1])
-        self.n = len(table)
+        self.cc, self.n = ev.scaled_cc_to_truth(table, sim)
         self.r0 = json.loads((out / "factored_parameters.json").read_text())["parameters"]["r0"]
         self.j = dict(zip(zip(to_numpy(table["id"]).tolist(),
                               map(tuple, to_numpy(table["miller_index"]).tolist())),
