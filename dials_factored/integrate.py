@@ -355,7 +355,8 @@ def _integrate(experiments, strong, params, progress, start: Recut | None,
                       boxes, float(params.detector.read_noise) ** 2)
         t = time.time()
         try:
-            hot = stills_hot_mask(jobs, params.detector.gain) if stills else None
+            hot = (stills_hot_mask(jobs, params.detector.gain, job_of=first_job[order],
+                                   panel=panel_ids, xy=xyz[:, :2]) if stills else None)
             extract(experiments, table, boxes, jobs, plan, store.pixels,
                     gain=params.detector.gain, progress=progress, nproc=params.nproc, hot=hot)
             error = None
