@@ -214,9 +214,10 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
     ambiguity_summary = _resolve_ambiguity(experiments, strong, symmetry_of(experiments),
                                            params)
     recuts = []
+    hot = {}  # the stills' hot-pixel mask, found once (reading every image) for all re-cuts
     while True:
         out = _integrate(experiments, strong, params, progress, recuts[-1] if recuts else None,
-                         allow_recut=len(recuts) < MAX_RECUTS)
+                         allow_recut=len(recuts) < MAX_RECUTS, hot=hot)
         if isinstance(out, Result):
             out.parameters["box_recuts"] = [r.as_dict() for r in recuts]
             if ambiguity_summary is not None:
@@ -230,10 +231,11 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
 
 
 def _integrate(experiments, strong, params, progress, start: Recut | None,
-               allow_recut: bool) -> Result | Recut:
+               allow_recut: bool, hot: dict) -> Result | Recut:
     """One integration (:func:`run_factored`): boxes from the initial widths, or from the
     fitted widths of ``start``; a :class:`Recut` when the boxes are outgrown and
-    ``allow_recut``."""
+    ``allow_recut``.  ``hot`` keeps the stills' hot-pixel mask (``"mask"``) of the first
+    integration for the next ones."""
     t_start = time.time()
     timings = {}
     stills = prediction.is_stills(experiments)
@@ -355,10 +357,13 @@ def _integrate(experiments, strong, params, progress, start: Recut | None,
                       boxes, float(params.detector.read_noise) ** 2)
         t = time.time()
         try:
-            hot = (stills_hot_mask(jobs, params.detector.gain, job_of=first_job[order],
-                                   panel=panel_ids, xy=xyz[:, :2]) if stills else None)
+            if stills and "mask" not in hot:
+                hot["mask"] = stills_hot_mask(jobs, params.detector.gain,
+                                              job_of=first_job[order], panel=panel_ids,
+                                              xy=xyz[:, :2])
             extract(experiments, table, boxes, jobs, plan, store.pixels,
-                    gain=params.detector.gain, progress=progress, nproc=params.nproc, hot=hot)
+                    gain=params.detector.gain, progress=progress, nproc=params.nproc,
+                    hot=hot.get("mask"))
             error = None
         except ValueError as e:
             error = str(e)

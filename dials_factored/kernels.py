@@ -259,3 +259,58 @@ def spread_layers(values, layer_start, start):
         for i in range(start[r], start[r + 1]):
             out[i] = values[layer_start[r] + (i - start[r]) // per]
     return out
+
+
+@njit(cache=True, nogil=True)
+def cut_boxes(image, allowed, x0, x1, y0, y1, layer, base, coef, s0_len, low, high, gain,
+              image_panel):
+    """The pixels of one panel image inside the boxes (x0..x1, y0..y1), layer ``layer``
+    of each box, for the store (shoeboxes._ImageCutter._cut).
+
+    Returns per pixel: destination ``base + layer·area + k``, counts / gain (photons,
+    float32, 0 where not finite), usable (on the panel, finite, > ``low``, < ``high``,
+    ``allowed``), overloaded (≥ ``high``), ε1, ε2 (Å⁻¹, float32) from the per-box affine
+    coefficients ``coef`` (shoeboxes.tangential_offsets) and the site (physical pixel
+    key, or −1 − destination off the panel).
+    """
+    ny, nx = image.shape
+    total = 0
+    for b in range(x0.shape[0]):
+        total += (x1[b] - x0[b]) * (y1[b] - y0[b])
+    dest = np.empty(total, np.int64)
+    value = np.empty(total, np.float32)
+    usable = np.empty(total, np.bool_)
+    over = np.empty(total, np.bool_)
+    e1 = np.empty(total, np.float32)
+    e2 = np.empty(total, np.float32)
+    site = np.empty(total, np.int64)
+    i = 0
+    for b in range(x0.shape[0]):
+        width = x1[b] - x0[b]
+        area = width * (y1[b] - y0[b])
+        xr = (x0[b] + x1[b]) // 2
+        yr = (y0[b] + y1[b]) // 2
+        c = coef[b]
+        for k in range(area):
+            x = x0[b] + k % width
+            y = y0[b] + k // width
+            d = base[b] + layer[b] * area + k
+            inside = x >= 0 and x < nx and y >= 0 and y < ny
+            xi = min(max(x, 0), nx - 1)
+            yi = min(max(y, 0), ny - 1)
+            v = np.float32(image[yi, xi])
+            finite = inside and math.isfinite(v)
+            is_over = finite and v >= high
+            dest[i] = d
+            value[i] = v / gain if finite else np.float32(0.0)
+            usable[i] = finite and v > low and allowed[yi, xi] and not is_over
+            over[i] = is_over
+            site[i] = (image_panel * ny + y) * nx + x if inside else -1 - d
+            dx = np.float32(xi - xr)
+            dy = np.float32(yi - yr)
+            scale = s0_len / math.sqrt(c[0] + dx * (c[1] + dx * c[3] + dy * c[4])
+                                       + dy * (c[2] + dy * c[5]))
+            e1[i] = (c[6] + c[7] * dx + c[8] * dy) * scale
+            e2[i] = (c[9] + c[10] * dx + c[11] * dy) * scale
+            i += 1
+    return dest, value, usable, over, e1, e2, site

@@ -145,27 +145,33 @@ def _row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", a, b)
 
 
-def tangential_offsets(panel, s1: np.ndarray, s0: np.ndarray, xr: np.ndarray, yr: np.ndarray,
-                       k: np.ndarray, dx: np.ndarray, dy: np.ndarray):
-    """ε1, ε2 (Å⁻¹, float32) of pixels at (xr + dx, yr + dy) of spots with beams ``s1``.
+def offset_coefficients(panel, s1: np.ndarray, s0: np.ndarray, xr: np.ndarray,
+                        yr: np.ndarray) -> np.ndarray:
+    """Per spot, the 12 float32 coefficients of ε1, ε2 as functions of the pixel offset.
 
     Per spot (arrays s1, xr, yr), the lab position of a pixel is affine in the pixel
     offset, L = L0 + Lx·dx + Ly·dy (exact for a flat panel; the parallax correction
     is linearised over one box); with f1, f2 ⟂ ŝ1 (``spot_frames``),
-    ε_i = |s0|·(L·f_i)/|L|.  ``k`` maps each pixel to its spot.  The per-spot
-    coefficients are float64, the per-pixel arithmetic float32 (the precision ε is
-    stored with).
+    ε_i = |s0|·(L·f_i)/|L|.  The columns are |L|² = c0 + dx(c1 + dx·c3 + dy·c4) +
+    dy(c2 + dy·c5), L·f1 = c6 + c7·dx + c8·dy and L·f2 = c9 + c10·dx + c11·dy; they are
+    computed in float64 and stored in float32 (the precision ε is stored with).
     """
     l0 = pixel_lab(panel, xr, yr)
     lx = pixel_lab(panel, xr + 1.0, yr) - l0
     ly = pixel_lab(panel, xr, yr + 1.0) - l0
     _, f1, f2 = spot_frames(s1, s0)
     dot = _row_dot
-    coefficients = np.column_stack([
+    return np.column_stack([
         dot(l0, l0), 2 * dot(l0, lx), 2 * dot(l0, ly), dot(lx, lx), 2 * dot(lx, ly),
         dot(ly, ly), dot(l0, f1), dot(lx, f1), dot(ly, f1), dot(l0, f2), dot(lx, f2),
         dot(ly, f2)]).astype(np.float32)
-    c = coefficients[k].T
+
+
+def tangential_offsets(panel, s1: np.ndarray, s0: np.ndarray, xr: np.ndarray, yr: np.ndarray,
+                       k: np.ndarray, dx: np.ndarray, dy: np.ndarray):
+    """ε1, ε2 (Å⁻¹, float32) of pixels at (xr + dx, yr + dy) of spots with beams ``s1``
+    (``offset_coefficients``); ``k`` maps each pixel to its spot."""
+    c = offset_coefficients(panel, s1, s0, xr, yr)[k].T
     dx = dx.astype(np.float32)
     dy = dy.astype(np.float32)
     scale = np.float32(np.linalg.norm(s0)) / np.sqrt(
@@ -216,25 +222,6 @@ def pixel_areas(experiments, ids: np.ndarray, panels: np.ndarray, xyz_px: np.nda
         panel = detectors[det_of[ids[sel][0]]][int(panels[sel][0])]
         area[sel] = pixel_area_eps(panel, xyz_px[sel], s0_len[sel])
     return area
-
-
-def _box_pixels(boxes: Boxes, sel: np.ndarray, frame_offset: np.ndarray | None):
-    """Pixel coordinates of the 2D box layer of reflections ``sel``.
-
-    Returns (position in ``sel``, x, y, destination index in the flat store) where the
-    destination accounts for the layer (frame_offset) inside a 3D box.
-    """
-    nx = (boxes.x1 - boxes.x0)[sel]
-    ny = (boxes.y1 - boxes.y0)[sel]
-    npix = nx * ny
-    total = int(npix.sum())
-    local_ref = np.repeat(np.arange(len(sel)), npix)
-    first = np.repeat(np.cumsum(npix) - npix, npix)
-    k = np.arange(total) - first
-    x = boxes.x0[sel][local_ref] + k % nx[local_ref]
-    y = boxes.y0[sel][local_ref] + k // nx[local_ref]
-    layer = 0 if frame_offset is None else frame_offset[local_ref] * npix[local_ref]
-    return local_ref, x, y, k + layer
 
 
 def plan_jobs(experiments, ids: np.ndarray, boxes: Boxes):
@@ -487,35 +474,24 @@ class _ImageCutter:
         return self.hot[pid] if static is None else static & self.hot[pid]
 
     def _cut(self, image, static, panel, s0, sel, frame_number, image_panel):
-        """The piece of ``pieces`` (see ``__call__``) of boxes ``sel`` on one panel image."""
+        """The piece of ``pieces`` (see ``__call__``) of boxes ``sel`` on one panel image
+        (``kernels.cut_boxes``: one visit per pixel)."""
+        from dials_factored import kernels
+
         boxes = self.boxes
-        k, x, y, local = _box_pixels(boxes, sel, frame_number - boxes.z0[sel])
-        ref = sel[k]
-        ny, nx = image.shape
-        inside = (x >= 0) & (x < nx) & (y >= 0) & (y < ny)
-        site = np.where(inside, (image_panel * ny + y).astype(np.int64) * nx + x,
-                        -1 - (self.start[ref] + local))
-        xi, yi = np.clip(x, 0, nx - 1), np.clip(y, 0, ny - 1)
-        value = image[yi, xi].astype(np.float32)
-        finite = inside & np.isfinite(value)
+        x0, x1, y0, y1 = (np.ascontiguousarray(v[sel], dtype=np.int64)
+                          for v in (boxes.x0, boxes.x1, boxes.y0, boxes.y1))
+        xr, yr = (x0 + x1) // 2, (y0 + y1) // 2
+        coef = offset_coefficients(panel, self.s1[sel], s0, xr.astype(float), yr.astype(float))
+        allowed = np.ones(image.shape, bool) if static is None else np.asarray(static, bool)
         low, high = panel.get_trusted_range()
-        is_over = finite & (value >= high)
-        trusted = value > low
-        if static is not None:
-            trusted &= static[yi, xi]
-        xr = (boxes.x0[sel] + boxes.x1[sel]) // 2
-        yr = (boxes.y0[sel] + boxes.y1[sel]) // 2
-        e1, e2 = tangential_offsets(panel, self.s1[sel], s0, xr.astype(float),
-                                    yr.astype(float), k, xi - xr[k], yi - yr[k])
-        return (
-            self.start[ref] + local,
-            np.where(finite, value / self.gain, 0).astype(np.float32),
-            finite & trusted & ~is_over,
-            is_over,
-            e1.astype(np.float32),
-            e2.astype(np.float32),
-            site,
-        )
+        dest, value, usable, over, e1, e2, site = kernels.cut_boxes(
+            image, allowed, x0, x1, y0, y1,
+            np.ascontiguousarray(frame_number - boxes.z0[sel], dtype=np.int64),
+            np.ascontiguousarray(self.start[sel], dtype=np.int64), coef,
+            np.float32(np.linalg.norm(s0)), np.float32(low), np.float32(high),
+            float(self.gain), int(image_panel))
+        return dest, value, usable, over, e1, e2, site
 
 
 def claimed_by_neighbours(pix: Pixels, foreground: np.ndarray) -> np.ndarray:
