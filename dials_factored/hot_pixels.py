@@ -33,6 +33,8 @@ import logging
 
 import numpy as np
 
+from dials_factored.parallel import ordered_map
+
 logger = logging.getLogger(f"dials.{__name__}")
 
 #: A pixel must be high on at least this many sampled images to be called hot.
@@ -91,33 +93,42 @@ def near_spots(shape: tuple[int, int], xy: np.ndarray, radius: int = SPOT_RADIUS
 
 
 def hot_pixel_mask(read_image, n_images: int, spots=None, n_sample: int = 20,
-                   threshold: float = 8.0, fraction: float = 0.75) -> list[np.ndarray] | None:
+                   threshold: float = 8.0, fraction: float = 0.75,
+                   nproc: int = 1) -> list[np.ndarray] | None:
     """Per panel, True where a pixel is *not* hot (None: fewer than ``MIN_IMAGES`` images).
 
     ``read_image(i)`` returns the panels (2-D arrays, photons) of image ``i`` of
     ``n_images``; ``n_sample`` of them, evenly spread, are read.  ``spots(i)``, if
     given, returns per panel the predicted reflection positions (n × 2, px) on image
-    ``i``: pixels near them are not judged on that image.
+    ``i``: pixels near them are not judged on that image.  The images are read by
+    ``nproc`` forked processes.
     """
     if n_images < MIN_IMAGES:
         return None
     picks = np.unique(np.linspace(0, n_images - 1, min(n_sample, n_images)).round().astype(int))
     if len(picks) < MIN_IMAGES:
         return None
-    high_counts = judged = None
-    for i in picks:
-        panels = read_image(int(i))
-        highs = [high_pixels(p, threshold) for p in panels]
-        free = ([~near_spots(p.shape, xy) for p, xy in zip(panels, spots(int(i)))]
-                if spots is not None else [np.ones(p.shape, bool) for p in panels])
-        if high_counts is None:
-            high_counts = [np.zeros(h.shape, np.int32) for h in highs]
-            judged = [np.zeros(h.shape, np.int32) for h in highs]
-        elif [c.shape for c in high_counts] != [h.shape for h in highs]:
+
+    def judge(k: int):
+        """Shapes, and flat indices of the high and of the unjudged pixels, per panel."""
+        panels = read_image(int(picks[k]))
+        near = ([near_spots(p.shape, xy) for p, xy in zip(panels, spots(int(picks[k])))]
+                if spots is not None else [np.zeros(p.shape, bool) for p in panels])
+        return ([p.shape for p in panels],
+                [np.flatnonzero(high_pixels(p, threshold) & ~n) for p, n in zip(panels, near)],
+                [np.flatnonzero(n) for n in near])
+
+    shapes = high_counts = judged = None
+    for panel_shapes, highs, unjudged in ordered_map(judge, len(picks), nproc):
+        if shapes is None:
+            shapes = panel_shapes
+            high_counts = [np.zeros(s, np.int32) for s in shapes]
+            judged = [np.full(s, len(picks), np.int32) for s in shapes]
+        elif panel_shapes != shapes:
             return None  # not one detector layout: no common mask
-        for c, n, h, f in zip(high_counts, judged, highs, free):
-            c += h & f
-            n += f
+        for c, n, h, u in zip(high_counts, judged, highs, unjudged):
+            c.ravel()[h] += 1
+            n.ravel()[u] -= 1
     good = [(n < MIN_IMAGES) | (c < np.maximum(MIN_IMAGES, np.ceil(fraction * n)))
             for c, n in zip(high_counts, judged)]
     n_hot = int(sum((~g).sum() for g in good))

@@ -360,8 +360,8 @@ def _integrate(experiments, strong, params, progress, start: Recut | None,
             if stills and "mask" not in hot:
                 hot["mask"] = stills_hot_mask(jobs, params.detector.gain,
                                               job_of=first_job[order], panel=panel_ids,
-                                              xy=xyz[:, :2])
-            extract(experiments, table, boxes, jobs, plan, store.pixels,
+                                              xy=xyz[:, :2], nproc=params.nproc)
+            extract(experiments, table, boxes, jobs, store.pixels,
                     gain=params.detector.gain, progress=progress, nproc=params.nproc,
                     hot=hot.get("mask"))
             error = None

@@ -268,10 +268,11 @@ def cut_boxes(image, allowed, x0, x1, y0, y1, layer, base, coef, s0_len, low, hi
     of each box, for the store (shoeboxes._ImageCutter._cut).
 
     Returns per pixel: destination ``base + layer·area + k``, counts / gain (photons,
-    float32, 0 where not finite), usable (on the panel, finite, > ``low``, < ``high``,
-    ``allowed``), overloaded (≥ ``high``), ε1, ε2 (Å⁻¹, float32) from the per-box affine
-    coefficients ``coef`` (shoeboxes.tangential_offsets) and the site (physical pixel
-    key, or −1 − destination off the panel).
+    float32, 0 where not finite), flags (uint8: 1 usable = on the panel, finite,
+    > ``low``, < ``high`` and ``allowed``; 2 overloaded = ≥ ``high``), ε1, ε2 (Å⁻¹,
+    float32) from the per-box affine coefficients ``coef``
+    (shoeboxes.offset_coefficients) and the site (physical pixel key, or −1 −
+    destination off the panel).
     """
     ny, nx = image.shape
     total = 0
@@ -279,8 +280,7 @@ def cut_boxes(image, allowed, x0, x1, y0, y1, layer, base, coef, s0_len, low, hi
         total += (x1[b] - x0[b]) * (y1[b] - y0[b])
     dest = np.empty(total, np.int64)
     value = np.empty(total, np.float32)
-    usable = np.empty(total, np.bool_)
-    over = np.empty(total, np.bool_)
+    flags = np.empty(total, np.uint8)
     e1 = np.empty(total, np.float32)
     e2 = np.empty(total, np.float32)
     site = np.empty(total, np.int64)
@@ -303,8 +303,8 @@ def cut_boxes(image, allowed, x0, x1, y0, y1, layer, base, coef, s0_len, low, hi
             is_over = finite and v >= high
             dest[i] = d
             value[i] = v / gain if finite else np.float32(0.0)
-            usable[i] = finite and v > low and allowed[yi, xi] and not is_over
-            over[i] = is_over
+            usable = finite and v > low and allowed[yi, xi] and not is_over
+            flags[i] = (1 if usable else 0) + (2 if is_over else 0)
             site[i] = (image_panel * ny + y) * nx + x if inside else -1 - d
             dx = np.float32(xi - xr)
             dy = np.float32(yi - yr)
@@ -313,4 +313,4 @@ def cut_boxes(image, allowed, x0, x1, y0, y1, layer, base, coef, s0_len, low, hi
             e1[i] = (c[6] + c[7] * dx + c[8] * dy) * scale
             e2[i] = (c[9] + c[10] * dx + c[11] * dy) * scale
             i += 1
-    return dest, value, usable, over, e1, e2, site
+    return dest, value, flags, e1, e2, site

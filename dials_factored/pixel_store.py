@@ -29,6 +29,8 @@ COLUMNS = {"counts": np.float32, "flags": np.uint8, "e1": np.float32, "e2": np.f
            "site": np.int64}
 #: Pixels per block: a few MB per column, so a pass's temporaries stay small.
 BLOCK_PIXELS = 1_000_000
+#: Pixels of the site column initialised per write.
+SITE_CHUNK = 4_000_000
 
 
 def plan_blocks(last_job: np.ndarray, n_pixels: np.ndarray,
@@ -108,6 +110,10 @@ class PixelStore:
         for name, dtype in COLUMNS.items():
             with open(self._path(name), "wb") as f:
                 f.truncate(total * np.dtype(dtype).itemsize)
+        # a pixel no image writes (off the scan) is unusable (flags 0) with a site of its own
+        for p0 in range(0, total, SITE_CHUNK):
+            self.write("site", p0, -1 - np.arange(p0, min(p0 + SITE_CHUNK, total),
+                                                  dtype=np.int64))
 
     def _path(self, name: str) -> str:
         return os.path.join(self.directory, f"{name}.bin")
@@ -118,6 +124,20 @@ class PixelStore:
         with open(self._path(name), "r+b") as f:
             f.seek(first_pixel * values.itemsize)
             f.write(values.tobytes())
+
+    def scatter(self, name: str, pixels: np.ndarray, values: np.ndarray) -> None:
+        """Write ``values`` to column ``name`` at the pixels ``pixels`` (any order).
+
+        Through a shared memory map of the column file, opened for this call only: forked
+        workers write their images' pixels in place, and no page stays mapped after.
+        """
+        if len(pixels) == 0:
+            return
+        column = np.memmap(self._path(name), dtype=COLUMNS[name], mode="r+",
+                           shape=(int(self.start[-1]),))
+        column[pixels] = values
+        column.flush()
+        del column
 
     def read(self, name: str, r0: int, r1: int) -> np.ndarray:
         """Column ``name`` for the pixels of reflections r0 … r1 − 1."""

@@ -31,7 +31,6 @@ from dials.array_family import flex
 from dials_factored.arrays import to_numpy
 from dials_factored.parallel import ordered_map
 from dials_factored.pixel_store import (
-    COLUMNS,
     OUTLIER,
     OVERLOADED,
     USABLE,
@@ -283,72 +282,28 @@ def _frame_key(iset, index: int, frame: int) -> tuple:
     return iset.get_path(index), int(inside), frame
 
 
-def extract(experiments, table, boxes: Boxes, jobs: list, plan: BlockPlan, store: PixelStore,
-            gain: float = 1.0, progress=None, nproc: int = 1, hot=None) -> None:
-    """Read every image once and cut all boxes into the pixel ``store``, block by block.
+def extract(experiments, table, boxes: Boxes, jobs: list, store: PixelStore, gain: float = 1.0,
+            progress=None, nproc: int = 1, hot=None) -> None:
+    """Read every image once and cut all boxes into the pixel ``store``.
 
-    Reflections must be sorted by their last image (``plan``).  Images are read
-    one at a time (by each of ``nproc`` forked worker processes); a block is
-    written as soon as the reading has passed its last image, so memory holds
-    one image per process and the open blocks.  Pixels outside the panel,
-    flagged by the image mask (which includes the detector's trusted range) or
-    not finite are not usable; so are pixels at or above the trusted maximum
-    (overloads, also flagged separately).  Counts are divided by ``gain``
-    (counts per photon) so that they are photons.  Every pixel is written by
-    exactly one image, so the store does not depend on ``nproc``.  ``hot`` (per panel,
+    Images are read one at a time (by each of ``nproc`` forked worker processes), and
+    each worker writes its image's pixels straight into the store's column files
+    (``PixelStore.scatter``): nothing but the progress comes back, and memory holds one
+    image per process.  Pixels outside the panel, flagged by the image mask (which
+    includes the detector's trusted range) or not finite are not usable; so are pixels
+    at or above the trusted maximum (overloads, also flagged separately).  Counts are
+    divided by ``gain`` (counts per photon) so that they are photons.  Every pixel is
+    written by exactly one image (pixels no image writes, off the scan, keep the store's
+    unusable defaults), so the store does not depend on ``nproc``.  ``hot`` (per panel,
     True where usable; see :mod:`dials_factored.hot_pixels`) masks hot pixels on every
     image whose panels have its shapes.
     """
     ids = to_numpy(table["id"]).astype(int)
-    cutter = _ImageCutter(experiments, ids, to_numpy(table["s1"]), boxes, store.start, gain,
+    cutter = _ImageCutter(experiments, ids, to_numpy(table["s1"]), boxes, store, gain,
                           jobs, hot=hot)
-    blocks = _OpenBlocks(store, plan)
-    for job, pieces in enumerate(ordered_map(cutter, len(jobs), nproc)):
-        for dest, value, ok, is_over, f1, f2, key in pieces:
-            flags = ok * USABLE + is_over * OVERLOADED
-            blocks.add(dest, {"counts": value, "flags": flags, "e1": f1, "e2": f2,
-                              "site": key})
-        blocks.close_through(job)
+    for job, _ in enumerate(ordered_map(cutter, len(jobs), nproc)):
         if progress is not None:
             progress(job + 1, len(jobs))
-    blocks.close_through(len(jobs))
-
-
-class _OpenBlocks:
-    """The blocks the reading has started but not finished, in memory until complete."""
-
-    def __init__(self, store: PixelStore, plan: BlockPlan):
-        self.store = store
-        self.plan = plan
-        self.pixel_edges = store.start[plan.bounds]
-        self.last_job = plan.last_job[plan.bounds[1:] - 1]
-        self.open = {}
-        self.closed = 0
-
-    def _buffer(self, b: int) -> dict:
-        if b not in self.open:
-            p0, p1 = int(self.pixel_edges[b]), int(self.pixel_edges[b + 1])
-            self.open[b] = {name: np.zeros(p1 - p0, dtype) for name, dtype in COLUMNS.items()}
-            # pixels no image writes (off the scan) stay unusable, with a site of their own
-            self.open[b]["site"] = -1 - np.arange(p0, p1, dtype=np.int64)
-        return self.open[b]
-
-    def add(self, dest: np.ndarray, columns: dict) -> None:
-        block = np.searchsorted(self.pixel_edges, dest, "right") - 1
-        for b in np.unique(block):
-            sel = block == b
-            buf = self._buffer(int(b))
-            local = dest[sel] - self.pixel_edges[b]
-            for name, values in columns.items():
-                buf[name][local] = values[sel]
-
-    def close_through(self, job: int) -> None:
-        """Write every block whose last image is at or before ``job``."""
-        while self.closed < self.plan.n_blocks and self.last_job[self.closed] <= job:
-            for name, values in self._buffer(self.closed).items():
-                self.store.write(name, int(self.pixel_edges[self.closed]), values)
-            del self.open[self.closed]
-            self.closed += 1
 
 
 def near(core: Boxes, others: Boxes, size: int = 16) -> np.ndarray:
@@ -402,7 +357,7 @@ class _ImageCutter:
     ids: np.ndarray
     s1: np.ndarray
     boxes: Boxes
-    start: np.ndarray
+    store: PixelStore
     gain: float
     jobs: list
     masks: dict = field(default_factory=dict)  # static masks by format and detector
@@ -433,8 +388,8 @@ class _ImageCutter:
             self.masks[key] = panels
         return self.masks[key]
 
-    def __call__(self, job_index: int) -> list:
-        """(destination, counts, usable, overloaded, ε1, ε2, site) per panel of an image.
+    def __call__(self, job_index: int) -> int:
+        """Cut the boxes of one image into the store; returns the number of pixels.
 
         The site number identifies the physical pixel (image, panel, x, y) for pixels
         on the panel, so that boxes sharing a pixel can be found.
@@ -465,7 +420,12 @@ class _ImageCutter:
                     pieces.append(self._cut(image, self._usable(static[pid], pid, image.shape),
                                             panel, s0, sel, frame_number,
                                             job_index * n_panels + pid))
-        return pieces
+        if not pieces:
+            return 0
+        dest, *values = (np.concatenate(column) for column in zip(*pieces))
+        for name, column in zip(("counts", "flags", "e1", "e2", "site"), values):
+            self.store.scatter(name, dest, column)
+        return len(dest)
 
     def _usable(self, static, pid: int, shape) -> np.ndarray | None:
         """The static mask of a panel with the hot pixels (if any, same shape) removed."""
@@ -485,13 +445,12 @@ class _ImageCutter:
         coef = offset_coefficients(panel, self.s1[sel], s0, xr.astype(float), yr.astype(float))
         allowed = np.ones(image.shape, bool) if static is None else np.asarray(static, bool)
         low, high = panel.get_trusted_range()
-        dest, value, usable, over, e1, e2, site = kernels.cut_boxes(
+        return kernels.cut_boxes(
             image, allowed, x0, x1, y0, y1,
             np.ascontiguousarray(frame_number - boxes.z0[sel], dtype=np.int64),
-            np.ascontiguousarray(self.start[sel], dtype=np.int64), coef,
+            np.ascontiguousarray(self.store.start[sel], dtype=np.int64), coef,
             np.float32(np.linalg.norm(s0)), np.float32(low), np.float32(high),
             float(self.gain), int(image_panel))
-        return dest, value, usable, over, e1, e2, site
 
 
 def claimed_by_neighbours(pix: Pixels, foreground: np.ndarray) -> np.ndarray:

@@ -91,12 +91,12 @@ def test_box_cutting_kernel_matches_per_pixel_reference():
                                     np.zeros(area, int), xi - xr[b], yi - yr[b])
         mine = np.isin(got[0], dest)
         order = np.argsort(got[0][mine])
-        value, usable, is_over, e1, e2, site = (g[mine][order] for g in got[1:])
+        value, flags, e1, e2, site = (g[mine][order] for g in got[1:])
         np.testing.assert_array_equal(got[0][mine][order], dest)
         np.testing.assert_array_equal(value, np.where(finite, v / 2.0, 0.0).astype(np.float32))
-        np.testing.assert_array_equal(usable, finite & (v > -1) & static[yi, xi] & ~over)
-        np.testing.assert_array_equal(is_over, over)
+        np.testing.assert_array_equal(flags & 1, finite & (v > -1) & static[yi, xi] & ~over)
+        np.testing.assert_array_equal(flags & 2, 2 * over)
         np.testing.assert_allclose(e1, want_e[0], rtol=1e-5, atol=1e-9)
         np.testing.assert_allclose(e2, want_e[1], rtol=1e-5, atol=1e-9)
         np.testing.assert_array_equal(site, np.where(inside, (3 * 100 + y) * 120 + x, -1 - dest))
-    assert not got[2][got[6] < 0].any()  # nothing off the panel is usable
+    assert not (got[2][got[5] < 0] & 1).any()  # nothing off the panel is usable
