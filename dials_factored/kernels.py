@@ -231,33 +231,21 @@ def moment_sums(counts, use, bg, P, e1, e2, frame, start, zc, rotation):
 
 
 @njit(cache=True, nogil=True)
-def owners_and_frames(start, z0, per_layer):
-    """Reflection index and frame of every pixel of boxes stored layer by layer
-    (``per_layer`` pixels per frame from frame ``z0``)."""
-    n = start[-1]
-    owner = np.empty(n, np.int64)
-    frame = np.empty(n, np.int32)
+def frame_fraction(frame, start, zc, sz):
+    """Φ((f + 1 − z_c)/σ_z) − Φ((f − z_c)/σ_z) per pixel (profile.frame_fraction),
+    evaluated once per run of pixels on one frame (a box is stored layer by layer)."""
+    out = np.empty(frame.shape[0])
+    root2 = math.sqrt(2.0)
     for r in range(start.shape[0] - 1):
-        p0 = start[r]
-        for i in range(p0, start[r + 1]):
-            owner[i] = r
-            frame[i] = z0[r] + (i - p0) // per_layer[r]
-    return owner, frame
-
-
-@njit(cache=True, nogil=True)
-def spread_layers(values, layer_start, start):
-    """Per-pixel array from one value per (reflection, frame layer): the layers of
-    reflection r are ``layer_start[r]`` … ``layer_start[r+1]``, its pixels split
-    evenly between them."""
-    out = np.empty(start[-1])
-    for r in range(start.shape[0] - 1):
-        n_layers = layer_start[r + 1] - layer_start[r]
-        if n_layers == 0:
-            continue
-        per = (start[r + 1] - start[r]) // n_layers
+        last = -(2 ** 31)
+        value = 0.0
         for i in range(start[r], start[r + 1]):
-            out[i] = values[layer_start[r] + (i - start[r]) // per]
+            if frame[i] != last:
+                last = frame[i]
+                lo = (last - zc[r]) / sz[r]
+                hi = lo + 1.0 / sz[r]
+                value = 0.5 * (math.erfc(-hi / root2) - math.erfc(-lo / root2))
+            out[i] = value
     return out
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dials_factored import kernels, profile
+from dials_factored import profile
 from dials_factored.parallel import ordered_map
 from dials_factored.pixel_store import OUTLIER, OVERLOADED, USABLE, BlockPlan, PixelStore
 from dials_factored.residuals.intensity import outlier_pixels, profile_fit, summation
@@ -86,44 +86,12 @@ def template(pix, w: Widths, read_variance: float = 0.0) -> Template:
     P, fg = profile.tangential_window(pix, w.ra, w.rb, w.area, w.window_sigma)
     frac = None
     if w.zc is not None:
-        frac = _frame_fraction(pix, w.zc, w.sz)
+        frac = profile.frame_fraction(pix, w.zc, w.sz)
         P = P * frac
         fg &= profile.frame_window(pix, w.zc, w.sz, w.window_sigma)
     mine = pix.usable & ~(claimed_by_neighbours(pix, fg) & ~fg)
     bg, n_bg = background(pix, fg, mine, read_variance=read_variance)
     return Template(P, fg, mine, bg, n_bg, frac, read_variance)
-
-
-@dataclass
-class _Layers:
-    """One entry per (reflection, frame) of a block's boxes, for per-frame functions of
-    the pixels (``owner``, ``frame``, ``start`` as in :class:`Pixels`)."""
-
-    owner: np.ndarray
-    frame: np.ndarray
-    start: np.ndarray
-
-
-def _frame_fraction(pix, zc, sz) -> np.ndarray:
-    """``profile.frame_fraction`` per pixel, evaluated once per frame of each box.
-
-    F_f depends on the pixel only through its reflection and frame, and a box holds
-    whole frame layers (frame = z0 + offset // pixels per layer), so it is evaluated
-    on the layers and spread to their pixels.
-    """
-    start = pix.start
-    npix = np.diff(start)
-    has = npix > 0
-    first = np.zeros(len(npix), np.int64)
-    last = np.full(len(npix), -1, np.int64)
-    first[has] = pix.frame[start[:-1][has]]
-    last[has] = pix.frame[start[1:][has] - 1]
-    n_layers = last - first + 1
-    layer_start = np.concatenate([[0], np.cumsum(n_layers)])
-    owner = np.repeat(np.arange(len(npix)), n_layers)
-    frame = (first[owner] + np.arange(len(owner)) - layer_start[owner]).astype(pix.frame.dtype)
-    per_layer = profile.frame_fraction(_Layers(owner, frame, layer_start), zc, sz)
-    return kernels.spread_layers(np.asarray(per_layer, float), layer_start, start)
 
 
 def _first_amplitudes(pix, tpl: Template) -> np.ndarray:

@@ -129,15 +129,25 @@ class PixelStore:
         """Write ``values`` to column ``name`` at the pixels ``pixels`` (any order).
 
         Through a shared memory map of the column file, opened for this call only: forked
-        workers write their images' pixels in place, and no page stays mapped after.
+        workers write their images' pixels in place (into the page cache, which every
+        process reads), and no page stays mapped after.
         """
         if len(pixels) == 0:
             return
         column = np.memmap(self._path(name), dtype=COLUMNS[name], mode="r+",
                            shape=(int(self.start[-1]),))
         column[pixels] = values
-        column.flush()
         del column
+
+    def gather(self, name: str, pixels: np.ndarray) -> np.ndarray:
+        """Column ``name`` at the (sorted) pixels ``pixels``: only their pages are read."""
+        if len(pixels) == 0:
+            return np.zeros(0, COLUMNS[name])
+        column = np.memmap(self._path(name), dtype=COLUMNS[name], mode="r",
+                           shape=(int(self.start[-1]),))
+        values = np.array(column[pixels])
+        del column
+        return values
 
     def read(self, name: str, r0: int, r1: int) -> np.ndarray:
         """Column ``name`` for the pixels of reflections r0 … r1 − 1."""
@@ -148,29 +158,36 @@ class PixelStore:
 
     def neighbourhood(self, b: int, h0: int, h1: int, r0: int, r1: int, candidates):
         """Which reflections of h0 … h1 − 1 share a pixel with block ``b`` (r0 … r1 − 1),
-        and compact ids of the physical pixels of those reflections.
+        which pixels a pass needs, and compact ids of those pixels' sites.
 
         ``candidates()`` masks the reflections of h0 … h1 − 1 that may share one (same
-        images, nearby boxes); only their pixels are compared with the block's.
-        Computed on first use and kept on disk, not in memory.
+        images, nearby boxes); only their pixels are compared with the block's.  A pass
+        needs every pixel of the block's own reflections and, of a neighbour, only the
+        pixels it shares with them (where its foreground can claim one of theirs).
+        Returns (reflection mask over h0 … h1 − 1, store indices of the needed pixels in
+        store order, their site ids); computed on first use and kept on disk, not in
+        memory.
         """
-        paths = [os.path.join(self.directory, f"{name}-{b}.bin") for name in ("keep", "sites")]
-        if os.path.exists(paths[1]):
-            return (np.fromfile(paths[0], dtype=bool),
-                    np.fromfile(paths[1], dtype=np.int32))
+        paths = [os.path.join(self.directory, f"{name}-{b}.bin")
+                 for name in ("keep", "needed", "sites")]
+        if os.path.exists(paths[2]):
+            return (np.fromfile(paths[0], dtype=bool), np.fromfile(paths[1], dtype=np.int64),
+                    np.fromfile(paths[2], dtype=np.int32))
         site = self.read("site", h0, h1)
         npix = np.diff(self.start[h0:h1 + 1])
         keep = np.zeros(h1 - h0, bool)
         keep[r0 - h0:r1 - h0] = True
+        p0, p1 = int(self.start[r0] - self.start[h0]), int(self.start[r1] - self.start[h0])
+        needed = np.zeros(len(site), bool)
+        needed[p0:p1] = True
         if h1 - h0 > r1 - r0:
             others = candidates() & ~keep
             compare = np.repeat(others, npix)
-            p0, p1 = int(self.start[r0] - self.start[h0]), int(self.start[r1] - self.start[h0])
-            shares = np.zeros(len(site), bool)
-            shares[compare] = np.isin(site[compare], site[p0:p1])
-            keep |= np.add.reduceat(shares, np.cumsum(npix) - npix) > 0
-            site = site[np.repeat(keep, npix)]
-        ids = np.unique(site, return_inverse=True)[1].astype(np.int32)
+            needed[compare] = np.isin(site[compare], site[p0:p1])
+            keep |= np.add.reduceat(needed & ~np.repeat(keep, npix), np.cumsum(npix) - npix) > 0
+        pixels = int(self.start[h0]) + np.flatnonzero(needed)
+        ids = np.unique(site[needed], return_inverse=True)[1].astype(np.int32)
         keep.tofile(paths[0])
-        ids.tofile(paths[1])
-        return keep, ids
+        pixels.tofile(paths[1])
+        ids.tofile(paths[2])
+        return keep, pixels, ids

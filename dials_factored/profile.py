@@ -50,11 +50,11 @@ def tangential_window(pix, ra_eff, rb_eff, area, k: float):
 
 
 def frame_fraction(pix, z_centre: np.ndarray, sigma_z: np.ndarray) -> np.ndarray:
-    """F_f: fraction of a rotation reflection's photons on each pixel's frame."""
-    o = pix.owner
-    s = sigma_z[o]
-    lo = (pix.frame - z_centre[o]) / s
-    return ndtr(lo + 1.0 / s) - ndtr(lo)
+    """F_f: fraction of a rotation reflection's photons on each pixel's frame f,
+    Φ((f + 1 − z_c)/σ_z) − Φ((f − z_c)/σ_z) for a Gaussian φ profile of centre z_c and
+    width σ_z (frames) (``kernels.frame_fraction``)."""
+    return kernels.frame_fraction(pix.frame, pix.start, np.asarray(z_centre, float),
+                                  np.asarray(sigma_z, float))
 
 
 def window(pix, ra_eff: np.ndarray, rb_eff: np.ndarray, k: float) -> np.ndarray:

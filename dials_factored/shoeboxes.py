@@ -316,31 +316,31 @@ def near(core: Boxes, others: Boxes, size: int = 16) -> np.ndarray:
 
 
 def read_block(store: PixelStore, plan: BlockPlan, boxes: Boxes, b: int):
-    """The pixels of block ``b`` and of the boxes that share a pixel with its boxes.
+    """The pixels of block ``b`` and, of the boxes that share a pixel with its boxes, the
+    shared pixels (``PixelStore.neighbourhood``).
 
     Returns (Pixels, index, own): ``index`` holds the run's reflection index of each
-    reflection in the Pixels, ``own`` marks the block's own (a contiguous run).
-    ``Pixels.site`` holds compact ids of the physical pixels within the Pixels.
+    reflection in the Pixels, ``own`` marks the block's own (a contiguous run, whole
+    boxes).  A neighbour holds only the pixels it shares with them, enough to say which
+    of their pixels its foreground claims; its own per-reflection statistics are not
+    meaningful and the passes drop them.  ``Pixels.site`` holds compact ids of the
+    physical pixels within the Pixels.
     """
     h0, h1, same_images = plan.halo(b)
     r0, r1 = plan.core(b)
-    keep, sites = store.neighbourhood(b, h0, h1, r0, r1, lambda: same_images & near(
+    keep, pixels, sites = store.neighbourhood(b, h0, h1, r0, r1, lambda: same_images & near(
         boxes.select(slice(r0, r1)), boxes.select(slice(h0, h1))))
-    start = store.start[h0:h1 + 1] - store.start[h0]
-    npix = np.diff(start)
-    kept = None if keep.all() else np.repeat(keep, npix)
+    index = h0 + np.flatnonzero(keep)
+    reflection = np.searchsorted(store.start, pixels, "right") - 1
+    owner = np.searchsorted(index, reflection)
+    start = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=len(index)))])
+    per_layer = ((boxes.x1 - boxes.x0) * (boxes.y1 - boxes.y0)).astype(np.int64)
+    frame = (boxes.z0[reflection] + (pixels - store.start[reflection])
+             // per_layer[reflection]).astype(np.int32)
 
     def column(name):
-        values = store.read(name, h0, h1)
-        return values if kept is None else values[kept]
+        return store.gather(name, pixels)
 
-    index = h0 + np.flatnonzero(keep)
-    start = np.concatenate([[0], np.cumsum(npix[keep])])
-    from dials_factored import kernels
-
-    per_layer = ((boxes.x1 - boxes.x0) * (boxes.y1 - boxes.y0))[index].astype(np.int64)
-    owner, frame = kernels.owners_and_frames(start.astype(np.int64),
-                                             boxes.z0[index].astype(np.int64), per_layer)
     flags = column("flags")
     pix = Pixels(column("counts"), (flags & USABLE) > 0, (flags & OVERLOADED) > 0,
                  column("e1"), column("e2"), frame, start, sites,

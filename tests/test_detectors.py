@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from dxtbx.model import BeamFactory, DetectorFactory, Experiment, ExperimentList
 
+from dials_factored.pixel_store import PixelStore
 from dials_factored.shoeboxes import (
     Boxes,
     _ImageCutter,
@@ -79,7 +80,7 @@ def test_pixel_areas_use_each_experiments_detector():
     assert np.all(np.abs(ratio - (100.0 / 104.0) ** 2) < 0.01)
 
 
-def test_offsets_of_two_lattices_on_one_image_use_their_own_detectors():
+def test_offsets_of_two_lattices_on_one_image_use_their_own_detectors(tmp_path):
     """Two lattices on one still, each with its own detector (100, 103 mm) and the image
     set's detector a third (110 mm): the image is read once, each box's ε comes from its
     own experiment's detector, and the two boxes on the same pixels share site numbers
@@ -96,11 +97,11 @@ def test_offsets_of_two_lattices_on_one_image_use_their_own_detectors():
                    for e, c in zip(experiments, centre)])
     s1 /= np.linalg.norm(s1, axis=1)[:, None]
     ids = np.array([0, 1])
-    cutter = _ImageCutter(experiments, ids, s1, boxes, start, 1.0, [(images, 0, [0, 1], 0)])
-    eps = np.zeros((start[-1], 2), np.float32)
-    site = np.zeros(start[-1], np.int64)
-    for dest, _, _, _, e1, e2, s in cutter(0):
-        eps[dest, 0], eps[dest, 1], site[dest] = e1, e2, s
+    store = PixelStore(str(tmp_path), start)
+    cutter = _ImageCutter(experiments, ids, s1, boxes, store, 1.0, [(images, 0, [0, 1], 0)])
+    assert cutter(0) == start[-1]
+    eps = np.column_stack([store.read("e1", 0, 2), store.read("e2", 0, 2)])
+    site = store.read("site", 0, 2)
     s0 = np.asarray(experiments[0].beam.get_s0())
     for r, expt in enumerate(experiments):
         ys, xs = np.mgrid[boxes.y0[r]:boxes.y1[r], boxes.x0[r]:boxes.x1[r]]

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from types import SimpleNamespace
 
 import numpy as np
@@ -23,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dials_factored.inputs import check_reflections
+from dials_factored.pixel_store import OVERLOADED, USABLE, PixelStore
 from dials_factored.residuals.intensity import outlier_pixels, profile_fit, summation
 from dials_factored.shoeboxes import Boxes, _ImageCutter, background
 
@@ -173,14 +175,12 @@ def _cut(image, mask, boxes):
     s1 = lab / np.linalg.norm(lab, axis=1)[:, None] / beam.get_wavelength()
     images = FakeImages(detector, image, mask)
     experiments = [SimpleNamespace(beam=beam, detector=detector, imageset=images, scan=None)]
-    cutter = _ImageCutter(experiments, np.zeros(n, int), s1, boxes, start, 1.0,
-                          [(images, 0, [0], 0)])
-    counts = np.zeros(start[-1], np.float32)
-    usable = np.zeros(start[-1], bool)
-    over = np.zeros(start[-1], bool)
-    for dest, value, ok, is_over, *_ in cutter(0):
-        counts[dest], usable[dest], over[dest] = value, ok, is_over
-    return counts, usable, over, start
+    with tempfile.TemporaryDirectory() as scratch:
+        store = PixelStore(scratch, start)
+        _ImageCutter(experiments, np.zeros(n, int), s1, boxes, store, 1.0,
+                     [(images, 0, [0], 0)])(0)
+        counts, flags = store.read("counts", 0, n), store.read("flags", 0, n)
+    return counts, (flags & USABLE) > 0, (flags & OVERLOADED) > 0, start
 
 
 def _expected_flags(image, mask, boxes):

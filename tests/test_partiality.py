@@ -162,7 +162,8 @@ def test_recorded_fraction_sums_the_frame_fractions_inside_the_scan():
     frames = [np.arange(a, b) for a, b in zip(lo, hi)]
     pix = SimpleNamespace(owner=np.concatenate([np.full(len(f), i) for i, f in
                                                 enumerate(frames)]),
-                          frame=np.concatenate(frames))
+                          frame=np.concatenate(frames),
+                          start=np.concatenate([[0], np.cumsum([len(f) for f in frames])]))
     by_frame = np.bincount(pix.owner, weights=profile.frame_fraction(pix, zc, sz))
     np.testing.assert_allclose(profile.recorded_fraction(zc, sz, lo, hi), by_frame)
     from scipy.special import ndtr
