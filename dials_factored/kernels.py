@@ -302,3 +302,48 @@ def cut_boxes(image, allowed, x0, x1, y0, y1, layer, base, coef, s0_len, low, hi
             e2[i] = (c[9] + c[10] * dx + c[11] * dy) * scale
             i += 1
     return dest, value, flags, e1, e2, site
+
+
+@njit(cache=True, nogil=True)
+def shared_sites(site, start, own0, own1, compare, lo, size):
+    """The pixels a block's pass needs and compact ids of their sites (PixelStore.neighbourhood).
+
+    ``site`` (int64 per pixel) and ``start`` cover a run of reflections; ``own0`` … ``own1``
+    are the block's own, ``compare`` marks the others that may share a pixel with them.
+    Physical sites of own pixels lie in ``lo`` … ``lo + size`` (off-panel sites are
+    negative and unique).  Needed: every own pixel, and a compared pixel whose site an
+    own pixel has.  Returns (needed per pixel, site id per needed pixel): equal ids for
+    equal sites, numbered in the order first met.
+    """
+    idmap = np.full(size, -1, np.int32)
+    needed = np.zeros(site.shape[0], np.bool_)
+    p0, p1 = start[own0], start[own1]
+    own_ids = np.empty(p1 - p0, np.int32)
+    next_id = 0
+    for i in range(p0, p1):
+        k = site[i] - lo
+        needed[i] = True
+        if 0 <= k < size:
+            if idmap[k] < 0:
+                idmap[k] = next_id
+                next_id += 1
+            own_ids[i - p0] = idmap[k]
+        else:
+            own_ids[i - p0] = next_id
+            next_id += 1
+    for r in range(start.shape[0] - 1):
+        if compare[r]:
+            for i in range(start[r], start[r + 1]):
+                k = site[i] - lo
+                if 0 <= k < size and idmap[k] >= 0:
+                    needed[i] = True
+    ids = np.empty(np.sum(needed), np.int32)
+    n = 0
+    for i in range(site.shape[0]):
+        if needed[i]:
+            if p0 <= i < p1:
+                ids[n] = own_ids[i - p0]
+            else:
+                ids[n] = idmap[site[i] - lo]
+            n += 1
+    return needed, ids

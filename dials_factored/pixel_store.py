@@ -23,6 +23,8 @@ from functools import cached_property
 
 import numpy as np
 
+from dials_factored import kernels
+
 #: Flag bits of the ``flags`` column.
 USABLE, OVERLOADED, OUTLIER = 1, 2, 4
 COLUMNS = {"counts": np.float32, "flags": np.uint8, "e1": np.float32, "e2": np.float32,
@@ -31,6 +33,9 @@ COLUMNS = {"counts": np.float32, "flags": np.uint8, "e1": np.float32, "e2": np.f
 BLOCK_PIXELS = 1_000_000
 #: Pixels of the site column initialised per write.
 SITE_CHUNK = 4_000_000
+#: Largest span of physical pixel keys of a block's own pixels for the dense site map of
+#: ``kernels.shared_sites`` (int32 each: 128 MB); wider spans are sorted and searched.
+MAX_SITE_RANGE = 1 << 25
 
 
 def plan_blocks(last_job: np.ndarray, n_pixels: np.ndarray,
@@ -174,19 +179,25 @@ class PixelStore:
             return (np.fromfile(paths[0], dtype=bool), np.fromfile(paths[1], dtype=np.int64),
                     np.fromfile(paths[2], dtype=np.int32))
         site = self.read("site", h0, h1)
-        npix = np.diff(self.start[h0:h1 + 1])
+        start = (self.start[h0:h1 + 1] - self.start[h0]).astype(np.int64)
+        own = site[start[r0 - h0]:start[r1 - h0]]
+        on_panel = own[own >= 0]
+        lo = int(on_panel.min()) if len(on_panel) else 0
+        size = int(on_panel.max()) - lo + 1 if len(on_panel) else 0
         keep = np.zeros(h1 - h0, bool)
         keep[r0 - h0:r1 - h0] = True
-        p0, p1 = int(self.start[r0] - self.start[h0]), int(self.start[r1] - self.start[h0])
-        needed = np.zeros(len(site), bool)
-        needed[p0:p1] = True
-        if h1 - h0 > r1 - r0:
-            others = candidates() & ~keep
-            compare = np.repeat(others, npix)
-            needed[compare] = np.isin(site[compare], site[p0:p1])
-            keep |= np.add.reduceat(needed & ~np.repeat(keep, npix), np.cumsum(npix) - npix) > 0
+        if size <= MAX_SITE_RANGE:
+            compare = ~keep if h1 - h0 > r1 - r0 else keep & False
+            needed, ids = kernels.shared_sites(site, start, r0 - h0, r1 - h0, compare, lo, size)
+        else:  # own sites too spread for a dense map: sort and search
+            needed = np.zeros(len(site), bool)
+            needed[start[r0 - h0]:start[r1 - h0]] = True
+            others = np.repeat(candidates() & ~keep, np.diff(start))
+            needed[others] = np.isin(site[others], own)
+            ids = np.unique(site[needed], return_inverse=True)[1].astype(np.int32)
+        npix = np.diff(start)
+        keep |= np.add.reduceat(needed, start[:-1]) * (npix > 0) > 0
         pixels = int(self.start[h0]) + np.flatnonzero(needed)
-        ids = np.unique(site[needed], return_inverse=True)[1].astype(np.int32)
         keep.tofile(paths[0])
         pixels.tofile(paths[1])
         ids.tofile(paths[2])
