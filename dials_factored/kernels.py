@@ -347,3 +347,21 @@ def shared_sites(site, start, own0, own1, compare, lo, size):
                 ids[n] = idmap[site[i] - lo]
             n += 1
     return needed, ids
+
+
+@njit(cache=True, nogil=True)
+def owners_and_frames(pixels, start, index, z0, per_layer):
+    """Local reflection (position in ``index``) and frame of each of the sorted store
+    ``pixels``, all in the reflections ``index`` (sorted): boxes are stored layer by layer,
+    ``per_layer`` pixels per frame from frame ``z0``."""
+    owner = np.empty(pixels.shape[0], np.int64)
+    frame = np.empty(pixels.shape[0], np.int32)
+    j = 0
+    for i in range(pixels.shape[0]):
+        p = pixels[i]
+        while start[index[j] + 1] <= p:
+            j += 1
+        r = index[j]
+        owner[i] = j
+        frame[i] = z0[r] + (p - start[r]) // per_layer[r]
+    return owner, frame

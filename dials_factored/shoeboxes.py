@@ -330,13 +330,13 @@ def read_block(store: PixelStore, plan: BlockPlan, boxes: Boxes, b: int):
     r0, r1 = plan.core(b)
     keep, pixels, sites = store.neighbourhood(b, h0, h1, r0, r1, lambda: same_images & near(
         boxes.select(slice(r0, r1)), boxes.select(slice(h0, h1))))
+    from dials_factored import kernels
+
     index = h0 + np.flatnonzero(keep)
-    reflection = np.searchsorted(store.start, pixels, "right") - 1
-    owner = np.searchsorted(index, reflection)
-    start = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=len(index)))])
     per_layer = ((boxes.x1 - boxes.x0) * (boxes.y1 - boxes.y0)).astype(np.int64)
-    frame = (boxes.z0[reflection] + (pixels - store.start[reflection])
-             // per_layer[reflection]).astype(np.int32)
+    owner, frame = kernels.owners_and_frames(pixels, store.start, index,
+                                             boxes.z0.astype(np.int64), per_layer)
+    start = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=len(index)))])
 
     def column(name):
         return store.gather(name, pixels)
