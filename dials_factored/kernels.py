@@ -312,8 +312,8 @@ def shared_sites(site, start, own0, own1, compare, lo, size):
     are the block's own, ``compare`` marks the others that may share a pixel with them.
     Physical sites of own pixels lie in ``lo`` … ``lo + size`` (off-panel sites are
     negative and unique).  Needed: every own pixel, and a compared pixel whose site an
-    own pixel has.  Returns (needed per pixel, site id per needed pixel): equal ids for
-    equal sites, numbered in the order first met.
+    own pixel has.  Returns (needed per pixel, site id per needed pixel, per reflection:
+    has a needed pixel): equal ids for equal sites, numbered in the order first met.
     """
     idmap = np.full(size, -1, np.int32)
     needed = np.zeros(site.shape[0], np.bool_)
@@ -331,12 +331,15 @@ def shared_sites(site, start, own0, own1, compare, lo, size):
         else:
             own_ids[i - p0] = next_id
             next_id += 1
+    shares = np.zeros(start.shape[0] - 1, np.bool_)
+    shares[own0:own1] = True
     for r in range(start.shape[0] - 1):
         if compare[r]:
             for i in range(start[r], start[r + 1]):
                 k = site[i] - lo
                 if 0 <= k < size and idmap[k] >= 0:
                     needed[i] = True
+                    shares[r] = True
     ids = np.empty(np.sum(needed), np.int32)
     n = 0
     for i in range(site.shape[0]):
@@ -346,7 +349,7 @@ def shared_sites(site, start, own0, own1, compare, lo, size):
             else:
                 ids[n] = idmap[site[i] - lo]
             n += 1
-    return needed, ids
+    return needed, ids, shares
 
 
 @njit(cache=True, nogil=True)

@@ -186,17 +186,17 @@ class PixelStore:
         size = int(on_panel.max()) - lo + 1 if len(on_panel) else 0
         keep = np.zeros(h1 - h0, bool)
         keep[r0 - h0:r1 - h0] = True
+        compare = candidates() & ~keep if h1 - h0 > r1 - r0 else np.zeros_like(keep)
         if size <= MAX_SITE_RANGE:
-            compare = ~keep if h1 - h0 > r1 - r0 else keep & False
-            needed, ids = kernels.shared_sites(site, start, r0 - h0, r1 - h0, compare, lo, size)
+            needed, ids, keep = kernels.shared_sites(site, start, r0 - h0, r1 - h0, compare,
+                                                     lo, size)
         else:  # own sites too spread for a dense map: sort and search
             needed = np.zeros(len(site), bool)
             needed[start[r0 - h0]:start[r1 - h0]] = True
-            others = np.repeat(candidates() & ~keep, np.diff(start))
+            others = np.repeat(compare, np.diff(start))
             needed[others] = np.isin(site[others], own)
             ids = np.unique(site[needed], return_inverse=True)[1].astype(np.int32)
-        npix = np.diff(start)
-        keep |= np.add.reduceat(needed, start[:-1]) * (npix > 0) > 0
+            keep |= np.add.reduceat(needed, start[:-1]) * (np.diff(start) > 0) > 0
         pixels = int(self.start[h0]) + np.flatnonzero(needed)
         keep.tofile(paths[0])
         pixels.tofile(paths[1])
