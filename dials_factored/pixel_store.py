@@ -3,10 +3,10 @@
 Each pixel column is one file (``counts`` float32 photons, ``flags`` uint8,
 ``e1``/``e2`` float32 Å⁻¹, ``site`` int64 key of the physical pixel), pixels
 grouped by reflection as in :class:`~dials_factored.shoeboxes.Pixels`.
-Reflections are stored in the order in which their *last* image is read, so
-the reading completes the blocks one after another and writes each once; it
-holds only the blocks still open (one or two for stills, the blocks a
-rotation spot spans for sweeps).  Every later pass reads one block at a time.
+The files are written in place by the workers that read the images
+(:meth:`PixelStore.scatter`, every pixel by the one image that holds it), so
+memory holds one image per worker.  Reflections are stored in the order in
+which their *last* image is read; every later pass reads one block at a time.
 
 A block is cut only where the last image changes.  Boxes of neighbouring
 spots share pixels only on a common image, so a block together with its
