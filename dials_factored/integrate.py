@@ -328,7 +328,7 @@ def _integrate(experiments, strong, params, progress, start: Recut | None,
                 int(2 * half.min() + 1), int(2 * half.max() + 1))
 
     # the store keeps reflections in the order their last image is read
-    jobs, first_job, last_job = plan_jobs(experiments, ids, boxes)
+    jobs, first_job, last_job, origin = plan_jobs(experiments, ids, boxes)
     order = np.argsort(last_job, kind="stable")
     table = table.select(flex.size_t(order.tolist()))
     ids, d, s1, xyz, panel_ids, s0, area, a, zc, zeta, osc = (
@@ -338,7 +338,7 @@ def _integrate(experiments, strong, params, progress, start: Recut | None,
     budget = (BLOCK_PIXELS if stills
               else min(BLOCK_PIXELS, int(n_pixels.sum()) // (2 * world.size)))
     plan = BlockPlan(first_job[order], last_job[order],
-                     plan_blocks(last_job[order], n_pixels, max(budget, 1)))
+                     plan_blocks(last_job[order], n_pixels, max(budget, 1)), origin[order])
     owned = range(plan.n_blocks)
     if not stills and world.size > 1:
         _agree(world, None if plan.n_blocks >= world.size else

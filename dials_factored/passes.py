@@ -256,10 +256,8 @@ def final_pass(store: Store, widths: Widths, j_expected: np.ndarray, xyz: np.nda
             "coverage": pix.reduce(np.where(tpl.usable, tpl.P, 0.0)),
             "overloaded": pix.reduce((pix.overloaded & tpl.fg).astype(float)) > 0,
         }
-        centre = _centroids(pix, tpl.fg & tpl.usable, tpl.bg, xyz[blk.index], boxes)
-        values["centroid"] = centre
-        values["centroid_variance"] = _centroid_variances(pix, tpl.fg & tpl.usable, tpl.bg,
-                                                          centre, boxes)
+        values["centroid"], values["centroid_variance"] = centroids(
+            pix, tpl.fg & tpl.usable, tpl.bg, xyz[blk.index], boxes)
         defaults = {k: 0.0 for k in values} | {"var_j": np.inf, "var_sum": 1.0,
                                                "overloaded": False, "centroid": xyz,
                                                "centroid_variance": 1.0 / 12.0}
@@ -280,46 +278,26 @@ def final_pass(store: Store, widths: Widths, j_expected: np.ndarray, xyz: np.nda
     return out
 
 
-def _pixel_coordinates(pix, boxes: Boxes):
-    """The centre (px, px, frame) of every pixel."""
-    o = pix.owner
-    nx = (boxes.x1 - boxes.x0)[o]
-    ny = (boxes.y1 - boxes.y0)[o]
-    k2 = (np.arange(len(o)) - pix.start[o]) % (nx * ny)
-    return boxes.x0[o] + k2 % nx + 0.5, boxes.y0[o] + k2 // nx + 0.5, pix.frame + 0.5
+def centroids(pix, use, bg, xyz, boxes: Boxes):
+    """Background-subtracted centroids (px, px, frame) and their ``xyzobs.px.variance``.
 
-
-def _centroids(pix, use, bg, xyz, boxes: Boxes):
-    """Background-subtracted centroid (px, px, frame) of the foreground; prediction if empty."""
-    dval = np.where(use, np.maximum(pix.counts - bg[pix.owner], 0.0), 0.0)
-    s = pix.reduce(dval)
-    out = xyz.copy()
-    ok = s > 0
-    for c, v in enumerate(_pixel_coordinates(pix, boxes)):
-        out[ok, c] = pix.reduce(dval * v)[ok] / s[ok]
-    return out
-
-
-def _centroid_variances(pix, use, bg, centre, boxes: Boxes):
-    """DIALS's ``xyzobs.px.variance`` (px², px², frames²) of the centroids ``centre``.
-
-    As DIALS's centroider (``mean_sq_error`` in dials/algorithms/image/centroid/
-    centroid_points.h): with weights w = max(counts − bg, 0) over the foreground, the
-    unbiased weighted variance Σw(x − x̄)²·Σw/((Σw)² − Σw²), divided by Σw (the squared
-    standard error of the mean), plus 1/12 (pixel quantisation).  Where no two pixels
-    carry signal the position is only known to lie in the box: its width²/12.
+    As DIALS's centroider (``mean`` and ``mean_sq_error`` in dials/algorithms/image/
+    centroid/centroid_points.h): with weights w = max(counts − bg, 0) over the pixels
+    ``use``, the centroid Σw·x/Σw (the prediction ``xyz`` where Σw = 0) and the unbiased
+    weighted variance Σw(x − x̄)²·Σw/((Σw)² − Σw²), divided by Σw (the squared standard
+    error of the mean), plus 1/12 (pixel quantisation).  Where no two pixels carry
+    signal the position is only known to lie in the box: its width²/12.  Every
+    reflection of ``pix`` must hold its whole box.
     """
-    w = np.where(use, np.maximum(pix.counts - bg[pix.owner], 0.0), 0.0)
-    s = pix.reduce(w)
-    s2 = pix.reduce(w * w)
-    ok = s ** 2 > s2 * (1 + 1e-9)
-    widths = (boxes.x1 - boxes.x0, boxes.y1 - boxes.y0, boxes.z1 - boxes.z0)
-    out = np.empty((len(s), 3))
-    safe = np.where(ok, s ** 2 - s2, 1.0)
-    for c, v in enumerate(_pixel_coordinates(pix, boxes)):
-        spread = pix.reduce(w * (v - centre[pix.owner, c]) ** 2)
-        out[:, c] = np.where(ok, spread / safe + 1.0 / 12.0, widths[c] ** 2 / 12.0)
-    return out
+    from dials_factored import kernels
+
+    centre = np.array(xyz, dtype=float)
+    nx, ny = (boxes.x1 - boxes.x0).astype(np.int64), (boxes.y1 - boxes.y0).astype(np.int64)
+    variance = np.stack([nx, ny, boxes.z1 - boxes.z0], axis=1).astype(float) ** 2 / 12.0
+    kernels.centroids(pix.counts, use, pix.start.astype(np.int64), np.asarray(bg, float),
+                      boxes.x0.astype(np.int64), boxes.y0.astype(np.int64), nx, ny,
+                      pix.frame, centre, variance)
+    return centre, variance
 
 
 def _concatenate(results) -> dict:

@@ -33,9 +33,6 @@ COLUMNS = {"counts": np.float32, "flags": np.uint8, "e1": np.float32, "e2": np.f
 BLOCK_PIXELS = 1_000_000
 #: Pixels of the site column initialised per write.
 SITE_CHUNK = 4_000_000
-#: Largest span of physical pixel keys of a block's own pixels for the dense site map of
-#: ``kernels.shared_sites`` (int32 each: 128 MB); wider spans are sorted and searched.
-MAX_SITE_RANGE = 1 << 25
 
 
 def plan_blocks(last_job: np.ndarray, n_pixels: np.ndarray,
@@ -60,12 +57,14 @@ class BlockPlan:
     """Which reflections form each block and which reflections surround it.
 
     ``first_job``/``last_job``: first and last image index each reflection needs
-    (reflections sorted by ``last_job``); ``bounds``: block edges.
+    (reflections sorted by ``last_job``); ``bounds``: block edges; ``origin``: the image
+    index of each box's first layer (``shoeboxes.plan_jobs``).
     """
 
     first_job: np.ndarray
     last_job: np.ndarray
     bounds: np.ndarray
+    origin: np.ndarray
 
     @cached_property
     def span(self) -> int:
@@ -100,7 +99,8 @@ class BlockPlan:
         u1 = max(self.halo(b)[1] for b in blocks)
         inner = self.bounds[(self.bounds > u0) & (self.bounds < u1)]
         bounds = np.concatenate([[u0], inner, [u1]]) - u0
-        plan = BlockPlan(self.first_job[u0:u1], self.last_job[u0:u1], bounds)
+        plan = BlockPlan(self.first_job[u0:u1], self.last_job[u0:u1], bounds,
+                         self.origin[u0:u1])
         first = int(np.searchsorted(bounds, self.bounds[blocks.start] - u0))
         return u0, u1, plan, range(first, first + len(blocks))
 
@@ -161,44 +161,43 @@ class PixelStore:
         return np.fromfile(self._path(name), dtype=dtype, count=p1 - p0,
                            offset=p0 * dtype.itemsize)
 
-    def neighbourhood(self, b: int, h0: int, h1: int, r0: int, r1: int, candidates):
-        """Which reflections of h0 … h1 − 1 share a pixel with block ``b`` (r0 … r1 − 1),
-        which pixels a pass needs, and compact ids of those pixels' sites.
+    def neighbourhood(self, b: int, r0: int, r1: int, halo: np.ndarray, boxes, origin):
+        """Which reflections share a pixel with block ``b`` (reflections r0 … r1 − 1), which
+        pixels a pass needs, and compact ids of those pixels' sites.
 
-        ``candidates()`` masks the reflections of h0 … h1 − 1 that may share one (same
-        images, nearby boxes); only their pixels are compared with the block's.  A pass
-        needs every pixel of the block's own reflections and, of a neighbour, only the
-        pixels it shares with them (where its foreground can claim one of theirs).
-        Returns (reflection mask over h0 … h1 − 1, store indices of the needed pixels in
-        store order, their site ids); computed on first use and kept on disk, not in
-        memory.
+        ``halo`` (run indices) are the reflections outside the block that share an
+        image with it; ``boxes`` and ``origin`` (the image of each box's first layer,
+        ``shoeboxes.plan_jobs``) hold every reflection of the run.  A pass needs every
+        pixel of the block's own reflections and, of a neighbour, only the pixels it
+        shares with them (where its foreground can claim one of theirs): those its box
+        has inside an own box on the same panel and image (``kernels.shared_pixels``)
+        where the sites agree (pixels off the panel or the scan have sites of their
+        own).  Returns (run indices of the reflections with a needed pixel, store indices
+        of the needed pixels in store order, their site ids: equal where the sites are);
+        computed on first use and kept on disk, not in memory.
         """
         paths = [os.path.join(self.directory, f"{name}-{b}.bin")
-                 for name in ("keep", "needed", "sites")]
+                 for name in ("index", "needed", "sites")]
         if os.path.exists(paths[2]):
-            return (np.fromfile(paths[0], dtype=bool), np.fromfile(paths[1], dtype=np.int64),
+            return (np.fromfile(paths[0], dtype=np.int64), np.fromfile(paths[1], dtype=np.int64),
                     np.fromfile(paths[2], dtype=np.int32))
-        site = self.read("site", h0, h1)
-        start = (self.start[h0:h1 + 1] - self.start[h0]).astype(np.int64)
-        own = site[start[r0 - h0]:start[r1 - h0]]
-        on_panel = own[own >= 0]
-        lo = int(on_panel.min()) if len(on_panel) else 0
-        size = int(on_panel.max()) - lo + 1 if len(on_panel) else 0
-        keep = np.zeros(h1 - h0, bool)
-        keep[r0 - h0:r1 - h0] = True
-        compare = candidates() & ~keep if h1 - h0 > r1 - r0 else np.zeros_like(keep)
-        if size <= MAX_SITE_RANGE:
-            needed, ids, keep = kernels.shared_sites(site, start, r0 - h0, r1 - h0, compare,
-                                                     lo, size)
-        else:  # own sites too spread for a dense map: sort and search
-            needed = np.zeros(len(site), bool)
-            needed[start[r0 - h0]:start[r1 - h0]] = True
-            others = np.repeat(compare, np.diff(start))
-            needed[others] = np.isin(site[others], own)
-            ids = np.unique(site[needed], return_inverse=True)[1].astype(np.int32)
-            keep |= np.add.reduceat(needed, start[:-1]) * (np.diff(start) > 0) > 0
-        pixels = int(self.start[h0]) + np.flatnonzero(needed)
-        keep.tofile(paths[0])
+        as64 = [np.asarray(a, np.int64) for a in (boxes.panel, boxes.x0, boxes.x1, boxes.y0,
+                                                   boxes.y1)]
+        first_image = np.asarray(origin, np.int64)
+        own_sites = self.read("site", r0, r1)
+        rep, q, p = kernels.shared_pixels(
+            self.start, r0, r1, np.asarray(halo, np.int64), *as64, first_image,
+            first_image + (boxes.z1 - boxes.z0), own_sites)
+        others, first = np.unique(q, return_index=True)
+        shared = self.gather("site", others) == own_sites[p[first]]
+        others, other_ids = others[shared], rep[p[first[shared]]]
+        before = others < self.start[r0]
+        pixels = np.concatenate([others[before], np.arange(self.start[r0], self.start[r1]),
+                                 others[~before]])
+        ids = np.concatenate([other_ids[before], rep, other_ids[~before]]).astype(np.int32)
+        index = np.union1d(np.arange(r0, r1),
+                           np.searchsorted(self.start, others, "right") - 1).astype(np.int64)
+        index.tofile(paths[0])
         pixels.tofile(paths[1])
         ids.tofile(paths[2])
-        return keep, pixels, ids
+        return index, pixels, ids

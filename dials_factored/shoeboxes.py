@@ -62,21 +62,6 @@ class Boxes:
         return Boxes(*(a[index] for a in (self.panel, self.x0, self.x1, self.y0, self.y1,
                                           self.z0, self.z1)))
 
-    def cells(self, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """(box, key) pairs: the detector cells of ``size`` px on each frame that each box
-        touches; key = (panel, cell row, cell column, frame) as one integer."""
-        cx0, cx1 = np.maximum(self.x0, 0) // size, np.maximum(self.x1 - 1, 0) // size
-        cy0, cy1 = np.maximum(self.y0, 0) // size, np.maximum(self.y1 - 1, 0) // size
-        nx, ny, nz = cx1 - cx0 + 1, cy1 - cy0 + 1, np.maximum(self.z1 - self.z0, 1)
-        per_box = nx * ny * nz
-        box = np.repeat(np.arange(len(nx)), per_box)
-        k = np.arange(len(box)) - np.repeat(np.cumsum(per_box) - per_box, per_box)
-        cx = cx0[box] + k % nx[box]
-        cy = cy0[box] + (k // nx[box]) % ny[box]
-        z = self.z0[box] + k // (nx * ny)[box]
-        key = ((self.panel[box].astype(np.int64) * 4096 + cy) * 4096 + cx) * 65536
-        return box, key + np.clip(z + 32768, 0, 65535)
-
     def as_bbox(self):
         return flex.int6(*(flex.int(a.astype(int)) for a in (
             self.x0, self.x1, self.y0, self.y1, self.z0, self.z1)))
@@ -226,16 +211,18 @@ def pixel_areas(experiments, ids: np.ndarray, panels: np.ndarray, xyz_px: np.nda
 def plan_jobs(experiments, ids: np.ndarray, boxes: Boxes):
     """The images to read and, per reflection, the first and last of them it needs.
 
-    Returns (jobs, first_job, last_job); a job is (imageset, index within it,
-    experiment ids, frame number).  Stills: one job per distinct image (several
-    lattices on one image share it).  Rotation: one job per frame of each
-    sequence that any box touches, in scan order; boxes reaching beyond the
-    scan are clipped to it.
+    Returns (jobs, first_job, last_job, origin); a job is (imageset, index within it,
+    experiment ids, frame number); ``origin`` is the job of each box's first layer, as
+    if the scan went on before its first image (the job of frame z is origin + z − z0).
+    Stills: one job per distinct image (several lattices on one image share it).
+    Rotation: one job per frame of each sequence that any box touches, in scan order;
+    boxes reaching beyond the scan are clipped to it.
     """
     jobs = []
     seen = {}
     first = np.zeros(len(ids), np.int64)
     last = np.zeros(len(ids), np.int64)
+    origin = np.zeros(len(ids), np.int64)
     for i, expt in enumerate(experiments):
         iset = expt.imageset
         sel = ids == i
@@ -246,7 +233,7 @@ def plan_jobs(experiments, ids: np.ndarray, boxes: Boxes):
             else:
                 seen[key] = len(jobs)
                 jobs.append((iset, 0, [i], 0))
-            first[sel] = last[sel] = seen[key]
+            first[sel] = last[sel] = origin[sel] = seen[key]
             continue
         if not sel.any():
             continue
@@ -273,7 +260,8 @@ def plan_jobs(experiments, ids: np.ndarray, boxes: Boxes):
         jobs.extend((iset, f - scan_first, [i], f) for f in new_frames)
         first[sel] = base + np.clip(boxes.z0[sel], lo, hi - 1)
         last[sel] = base + np.clip(boxes.z1[sel] - 1, lo, hi - 1)
-    return jobs, first, last
+        origin[sel] = base + boxes.z0[sel]
+    return jobs, first, last, origin
 
 
 def _frame_key(iset, index: int, frame: int) -> tuple:
@@ -306,15 +294,6 @@ def extract(experiments, table, boxes: Boxes, jobs: list, store: PixelStore, gai
             progress(job + 1, len(jobs))
 
 
-def near(core: Boxes, others: Boxes, size: int = 16) -> np.ndarray:
-    """Mask of ``others`` whose box touches a cell of ``size`` × ``size`` px on a frame
-    where a ``core`` box touches it: every box that can share a pixel with a core box."""
-    _, core_keys = core.cells(size)
-    box, keys = others.cells(size)
-    hit = np.isin(keys, np.unique(core_keys))
-    return np.bincount(box, weights=hit, minlength=len(others.x0)) > 0
-
-
 def read_block(store: PixelStore, plan: BlockPlan, boxes: Boxes, b: int):
     """The pixels of block ``b`` and, of the boxes that share a pixel with its boxes, the
     shared pixels (``PixelStore.neighbourhood``).
@@ -328,11 +307,11 @@ def read_block(store: PixelStore, plan: BlockPlan, boxes: Boxes, b: int):
     """
     h0, h1, same_images = plan.halo(b)
     r0, r1 = plan.core(b)
-    keep, pixels, sites = store.neighbourhood(b, h0, h1, r0, r1, lambda: same_images & near(
-        boxes.select(slice(r0, r1)), boxes.select(slice(h0, h1))))
+    halo = h0 + np.flatnonzero(same_images)
+    index, pixels, sites = store.neighbourhood(b, r0, r1, halo[(halo < r0) | (halo >= r1)],
+                                               boxes, plan.origin)
     from dials_factored import kernels
 
-    index = h0 + np.flatnonzero(keep)
     per_layer = ((boxes.x1 - boxes.x0) * (boxes.y1 - boxes.y0)).astype(np.int64)
     owner, frame = kernels.owners_and_frames(pixels, store.start, index,
                                              boxes.z0.astype(np.int64), per_layer)

@@ -11,7 +11,7 @@ import numpy as np
 from dials.algorithms.image.centroid import CentroidImage2dDouble
 from dials.array_family import flex
 
-from dials_factored.passes import _centroid_variances, _centroids
+from dials_factored.passes import centroids
 from dials_factored.shoeboxes import Boxes, Pixels
 
 
@@ -42,8 +42,7 @@ def _boxes_and_pixels(rng):
 def test_centroid_and_variance_are_dialss():
     pix, boxes, bg, images, x0, y0 = _boxes_and_pixels(np.random.default_rng(3))
     use = np.ones(len(pix.counts), bool)
-    centre = _centroids(pix, use, bg, np.zeros((3, 3)), boxes)
-    variance = _centroid_variances(pix, use, bg, centre, boxes)
+    centre, variance = centroids(pix, use, bg, np.zeros((3, 3)), boxes)
     for i, image in enumerate(images):
         weights = flex.double(np.maximum(image - bg[i], 0.0).astype(float).ravel().tolist())
         weights.reshape(flex.grid(*image.shape))
@@ -59,6 +58,7 @@ def test_box_without_signal_has_the_box_variance():
     pix, boxes, bg, _, _, _ = _boxes_and_pixels(np.random.default_rng(4))
     use = np.ones(len(pix.counts), bool)
     high = bg + 1e6  # nothing above the background
-    variance = _centroid_variances(pix, use, high, np.zeros((3, 3)), boxes)
+    centre, variance = centroids(pix, use, high, np.full((3, 3), 7.0), boxes)
+    np.testing.assert_array_equal(centre, 7.0)  # the predictions kept
     np.testing.assert_allclose(variance[:, 0], (boxes.x1 - boxes.x0) ** 2 / 12.0)
     np.testing.assert_allclose(variance[:, 1], (boxes.y1 - boxes.y0) ** 2 / 12.0)

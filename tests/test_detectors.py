@@ -145,10 +145,11 @@ def test_two_lattices_of_one_sweep_read_each_image_once():
     ids = np.array([0, 0, 1, 1])
     boxes = Boxes(np.zeros(4, int), np.zeros(4, int), np.full(4, 5), np.zeros(4, int),
                   np.full(4, 5), np.array([0, 4, 2, 7]), np.array([3, 8, 5, 10]))
-    jobs, first, last = plan_jobs(experiments, ids, boxes)
+    jobs, first, last, origin = plan_jobs(experiments, ids, boxes)
     assert len(jobs) == 10
     assert [job[3] for job in jobs] == list(range(10))
     assert all(job[2] == [0, 1] for job in jobs[2:8])
     assert all(job[2] == [k] for k, job in zip([0, 0, 1, 1], jobs[:2] + jobs[8:]))
     np.testing.assert_array_equal(first, [0, 4, 2, 7])
     np.testing.assert_array_equal(last, [2, 7, 4, 9])
+    np.testing.assert_array_equal(origin, [0, 4, 2, 7])  # the job of each box's layer 0

@@ -35,22 +35,6 @@ def test_affine_offsets_match_exact_geometry():
         assert np.abs(diff @ f1[0]).max() > 1e-3  # the box spans many profile widths
 
 
-def test_near_finds_every_box_that_can_share_a_pixel():
-    """Boxes sharing a pixel on a common frame are near; boxes on other frames, other
-    panels or far away on the detector are not (the neighbour search of a block)."""
-    from dials_factored.shoeboxes import Boxes, near
-
-    def boxes(*rows):  # (panel, x0, x1, y0, y1, z0, z1)
-        return Boxes(*(np.array(column) for column in zip(*rows)))
-
-    core = boxes((0, 100, 115, 200, 215, 10, 14))
-    others = boxes((0, 114, 129, 214, 229, 13, 16),   # one pixel in common on frame 13
-                   (0, 114, 129, 214, 229, 14, 18),   # same pixels, later frames
-                   (1, 100, 115, 200, 215, 10, 14),   # another panel
-                   (0, 400, 415, 200, 215, 10, 14))   # far away
-    assert near(core, others).tolist() == [True, False, False, False]
-
-
 def test_box_cutting_kernel_matches_per_pixel_reference():
     """kernels.cut_boxes (one visit per pixel) against the same pixels taken with numpy:
     boxes inside, across the edge and off the panel, a layer of a 3D box, NaN, negative
