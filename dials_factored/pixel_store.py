@@ -144,13 +144,22 @@ class PixelStore:
         column[pixels] = values
         del column
 
-    def gather(self, name: str, pixels: np.ndarray) -> np.ndarray:
-        """Column ``name`` at the (sorted) pixels ``pixels``: only their pages are read."""
+    def gather(self, name: str, pixels: np.ndarray, run: tuple[int, int] = (0, 0)) -> np.ndarray:
+        """Column ``name`` at the (sorted) pixels ``pixels``: only their pages are read.
+
+        ``run`` = (p0, p1): ``pixels`` holds every pixel p0 … p1 − 1 (a block's own),
+        copied as one slice.
+        """
         if len(pixels) == 0:
             return np.zeros(0, COLUMNS[name])
         column = np.memmap(self._path(name), dtype=COLUMNS[name], mode="r",
                            shape=(int(self.start[-1]),))
-        values = np.array(column[pixels])
+        i0 = int(np.searchsorted(pixels, run[0]))
+        i1 = i0 + run[1] - run[0]
+        values = np.empty(len(pixels), COLUMNS[name])
+        values[:i0] = column[pixels[:i0]]
+        values[i0:i1] = column[run[0]:run[1]]
+        values[i1:] = column[pixels[i1:]]
         del column
         return values
 

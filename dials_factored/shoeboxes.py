@@ -318,7 +318,7 @@ def read_block(store: PixelStore, plan: BlockPlan, boxes: Boxes, b: int):
     start = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=len(index)))])
 
     def column(name):
-        return store.gather(name, pixels)
+        return store.gather(name, pixels, (int(store.start[r0]), int(store.start[r1])))
 
     flags = column("flags")
     pix = Pixels(column("counts"), (flags & USABLE) > 0, (flags & OVERLOADED) > 0,
