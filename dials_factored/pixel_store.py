@@ -183,13 +183,26 @@ class PixelStore:
         where the sites agree (pixels off the panel or the scan have sites of their
         own).  Returns (run indices of the reflections with a needed pixel, store indices
         of the needed pixels in store order, their site ids: equal where the sites are);
-        computed on first use and kept on disk, not in memory.
+        computed on first use and kept on disk, not in memory: only the neighbours'
+        pixels and the own pixels that repeat an earlier own box's (``_neighbourhood``).
         """
-        paths = [os.path.join(self.directory, f"{name}-{b}.bin")
-                 for name in ("index", "needed", "sites")]
-        if os.path.exists(paths[2]):
-            return (np.fromfile(paths[0], dtype=np.int64), np.fromfile(paths[1], dtype=np.int64),
-                    np.fromfile(paths[2], dtype=np.int32))
+        path = os.path.join(self.directory, f"neighbourhood-{b}.npz")
+        if not os.path.exists(path):
+            np.savez(path, **self._neighbourhood(r0, r1, halo, boxes, origin))
+        with np.load(path) as saved:
+            index, others, other_ids = saved["index"], saved["others"], saved["other_ids"]
+            ids = np.arange(self.start[r1] - self.start[r0], dtype=np.int32)
+            ids[saved["moved"]] = saved["moved_to"]
+        before = others < self.start[r0]
+        pixels = np.concatenate([others[before], np.arange(self.start[r0], self.start[r1]),
+                                 others[~before]])
+        return index, pixels, np.concatenate([other_ids[before], ids, other_ids[~before]])
+
+    def _neighbourhood(self, r0: int, r1: int, halo: np.ndarray, boxes, origin) -> dict:
+        """What ``neighbourhood`` keeps on disk: the reflections (``index``), the
+        neighbours' shared pixels (``others``, store indices, sorted) and their site ids,
+        and the own pixels whose id is not their own position (``moved``, ``moved_to``:
+        an earlier own box holds the same physical pixel)."""
         as64 = [np.asarray(a, np.int64) for a in (boxes.panel, boxes.x0, boxes.x1, boxes.y0,
                                                    boxes.y1)]
         first_image = np.asarray(origin, np.int64)
@@ -199,14 +212,9 @@ class PixelStore:
             first_image + (boxes.z1 - boxes.z0), own_sites)
         others, first = np.unique(q, return_index=True)
         shared = self.gather("site", others) == own_sites[p[first]]
-        others, other_ids = others[shared], rep[p[first[shared]]]
-        before = others < self.start[r0]
-        pixels = np.concatenate([others[before], np.arange(self.start[r0], self.start[r1]),
-                                 others[~before]])
-        ids = np.concatenate([other_ids[before], rep, other_ids[~before]]).astype(np.int32)
+        others, other_ids = others[shared], rep[p[first[shared]]].astype(np.int32)
         index = np.union1d(np.arange(r0, r1),
                            np.searchsorted(self.start, others, "right") - 1).astype(np.int64)
-        index.tofile(paths[0])
-        pixels.tofile(paths[1])
-        ids.tofile(paths[2])
-        return index, pixels, ids
+        moved = np.flatnonzero(rep != np.arange(len(rep)))
+        return {"index": index, "others": others, "other_ids": other_ids, "moved": moved,
+                "moved_to": rep[moved].astype(np.int32)}
