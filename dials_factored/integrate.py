@@ -317,7 +317,7 @@ def _integrate(experiments, strong, params, progress, start: Recut | None,
         z0 = np.floor(zc).astype(int) - zhalf
         z1 = np.floor(zc).astype(int) + zhalf + 1
         # keep reflections whose centre lies in the scan and that are not too close to the axis
-        ok = np.abs(zeta_u) > params.prediction.min_zeta  # DIALS's zeta
+        ok = np.abs(zeta) > params.prediction.min_zeta  # ζ·sin 2θ, see its help
         table, ids, d, s1, xyz, panel_ids, s0, area, a, x0, y0, z0, z1, zc, zeta, osc = (
             _select(ok, table, ids, d, s1, xyz, panel_ids, s0, area, a, x0, y0, z0, z1, zc,
                     zeta, osc))

@@ -178,8 +178,9 @@ prediction {
     .expert_level = 1
   min_zeta = 0.05
     .type = float(value_min=0)
-    .help = "Rotation: skip reflections with |ζ| below this (close to the axis; DIALS's "
-            "ζ = m2·ê1, ê1 the unit vector along s1 × s0)."
+    .help = "Rotation: skip reflections with |m2·(ŝ1 × ŝ0)| below this: close to the "
+            "axis, and at low resolution (it is DIALS's ζ times sin 2θ) reflections that "
+            "cross the Ewald sphere slowly (docs/limits.md)."
     .expert_level = 1
   partiality_floor = 0.001
     .type = float(value_min=0, value_max=1)
