@@ -203,7 +203,7 @@ def test_orientation_update_matches_the_fits_linearisation(run):
     from dxtbx.model.experiment_list import ExperimentListFactory
 
     from dials_factored import prediction
-    from dials_factored.integrate import _excitation_gradients
+    from dials_factored.forward import excitation_gradients as _excitation_gradients
     from dials_factored.output_geometry import apply_orientation_corrections
 
     sim, _ = run

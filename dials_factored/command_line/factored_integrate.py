@@ -395,11 +395,12 @@ def _integrate(params, experiments, strong, world) -> list:
     and returns the outputs, the other ranks return nothing.
     """
     from dials_factored import output
-    from dials_factored.integrate import AgreedError, run_factored
+    from dials_factored.integrate import run_factored
     from dials_factored.output_geometry import (
         add_observed_geometry,
         apply_orientation_corrections,
     )
+    from dials_factored.reflections import AgreedError
 
     start = time.time()
     try:

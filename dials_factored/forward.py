@@ -1,0 +1,150 @@
+"""The forward model per reflection, from the parameter vector of :mod:`.fit`.
+
+For a parameter vector x (:class:`~dials_factored.fit.Layout`) this gives, for every
+reflection of one integration, what the pixel passes and the output need:
+
+* the excitation error ε (Å⁻¹) after each still's orientation and cell-scale shift;
+* the partiality p (stills) and the scale G·exp(B/4d²)·p (counts per unit intensity
+  before lp and qe), and the observed scale that also holds qe/lp;
+* the profile widths R_eff (Å⁻¹) and, for rotation data, the φ centre and width (frames).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dials_factored import profile
+from dials_factored.arrays import to_numpy
+from dials_factored.fit import Layout, corrected_excitation
+from dials_factored.model.partiality import rotation_sigma_z, stills_partiality
+from dials_factored.passes import Widths
+
+
+def rotation_geometry(zc, zeta, d, s0_len, osc):
+    """(z_c, |dε/dφ| = |s0||ζ|, DIALS's ζ_u = ζ/sin 2θ, Δφ) per rotation reflection."""
+    sin_2theta = np.sin(2.0 * np.arcsin(np.clip(1.0 / (2.0 * d * s0_len), 0.0, 1.0)))
+    return zc, s0_len * np.abs(zeta), zeta / np.maximum(sin_2theta, 1e-12), osc
+
+
+def zc_to_phi(experiments, ids, zc):
+    """φ (deg) of each reflection from its frame coordinate (0 for stills)."""
+    phi = np.zeros(len(ids))
+    for i, expt in enumerate(experiments):
+        if expt.scan is None or expt.scan.get_oscillation()[1] == 0:
+            continue
+        sel = ids == i
+        phi[sel] = np.array([expt.scan.get_angle_from_array_index(float(z)) for z in zc[sel]])
+    return phi
+
+
+def target_widths(x, layout, grid):
+    """R1 along e1 and e2 (Å⁻¹) per reflection, interpolated in log over the width grid."""
+    la = x[layout.log_r1a]
+    lb = x[layout.log_r1b]
+    return np.exp(grid.interpolate(la)), np.exp(grid.interpolate(lb))
+
+
+def excitation_gradients(experiments, ids, table):
+    """∂ε/∂θx, ∂ε/∂θy (Å⁻¹/rad) and ∂ε/∂δs (Å⁻¹) of each still's reflections.
+
+    A rotation ω of the crystal moves q = A·h by ω×q, and ε = |q + s0| − |s0| changes
+    by ŝ1·(ω×q).  Rotations about the beam (z) leave ε unchanged to first order and are
+    fixed by the spot positions, so only x and y are refined.  A relative scale δs of
+    the reciprocal cell (A → (1 + δs)·A) moves q by δs·q and ε by δs·ŝ1·q
+    = δs·λ/(2d²) on the sphere: the excitation error of a cell (or wavelength) that is
+    off by a fraction, which grows as 1/d² and which a mosaic spread cannot mimic
+    without widening every partiality.  On the real thaumatin grid stills of
+    ../shared/data the indexing left one of about 1 % (measured from the strong spots'
+    ε; a distance or wavelength error gives it once the cell is refined to the spots).
+    """
+    hkl = to_numpy(table["miller_index"]).astype(float)
+    a_mats = np.array([np.asarray(e.crystal.get_A()).reshape(3, 3) for e in experiments])
+    q = np.einsum("nij,nj->ni", a_mats[ids], hkl)
+    # ∂|q + s0|/∂q is along q + s0 itself (the predictor's s1 is put on the sphere, which
+    # is off by ~ε/|q| in direction: 1-5 % of ŝ1·q = q²/2|s0|, the cell-scale gradient)
+    k = q + np.array([e.beam.get_s0() for e in experiments])[ids]
+    u1 = k / np.linalg.norm(k, axis=1)[:, None]
+    rotations = tuple(np.einsum("ij,ij->i", u1, np.cross(axis, q))
+                      for axis in (np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])))
+    return rotations + (np.einsum("ij,ij->i", u1, q),)
+
+
+@dataclass
+class Forward:
+    """The fixed per-reflection quantities of one integration and the model drawn from x.
+
+    ``nodes`` are the scale nodes (:func:`~dials_factored.model.scale.build_nodes`),
+    ``grid`` the width grid; ``inv_4d2`` = 1/4d² (Å⁻²), ``eps`` the predicted ε (Å⁻¹),
+    ``deps`` its gradients (:func:`excitation_gradients`; zeros for rotation),
+    ``rbw_sq`` the bandwidth's radial width² (Å⁻²), ``attenuation`` qe/lp, ``area`` the
+    pixel area in reciprocal space (Å⁻²), ``rotation`` :func:`rotation_geometry` (None
+    for stills).
+    """
+
+    layout: Layout
+    nodes: object
+    grid: object
+    inv_4d2: np.ndarray
+    eps: np.ndarray
+    deps: tuple
+    rbw_sq: np.ndarray
+    attenuation: np.ndarray
+    area: np.ndarray
+    window_sigma: float
+    rotation: tuple | None = None
+
+    @property
+    def stills(self) -> bool:
+        return self.rotation is None
+
+    def excitation(self, x) -> np.ndarray:
+        """ε with each still's fitted orientation and cell-scale correction (Å⁻¹)."""
+        return corrected_excitation(self.eps, self.deps, x, self.layout, self.nodes.k0)
+
+    def partiality(self, x, eps) -> np.ndarray:
+        """Stills partiality p of every reflection with the current R0 and η."""
+        layout = self.layout
+        return stills_partiality(eps, float(np.exp(x[layout.log_r0])),
+                                 float(np.exp(x[layout.log_eta])), 4.0 * self.inv_4d2,
+                                 self.rbw_sq)[0]
+
+    def scale(self, x, eps) -> np.ndarray:
+        """G·exp(B/4d²)·p per observation (counts per unit intensity before lp, qe)."""
+        layout, nodes = self.layout, self.nodes
+        lg = nodes.interpolate(x[layout.log_g])
+        b = nodes.interpolate(x[layout.b])
+        s = np.exp(lg + b * self.inv_4d2)
+        if self.stills:
+            s = s * self.partiality(x, eps)
+        return s
+
+    def observed_scale(self, x) -> np.ndarray:
+        """The scale with ε from x and qe/lp: counts per unit intensity as recorded."""
+        return self.scale(x, self.excitation(x)) * self.attenuation
+
+    def widths(self, x) -> Widths:
+        """The per-reflection widths of a pass for the parameters ``x``."""
+        ra, rb = target_widths(x, self.layout, self.grid)
+        ra_eff, rb_eff = profile.effective_widths(ra, rb, self.area)
+        if self.rotation is None:
+            return Widths(ra_eff, rb_eff, self.area, self.window_sigma)
+        zc, rate, zeta_unit, osc = self.rotation
+        layout = self.layout
+        sz = rotation_sigma_z(float(np.exp(x[layout.log_r0])),
+                              float(np.exp(x[layout.log_eta])), rate, zeta_unit, osc)[0]
+        return Widths(ra_eff, rb_eff, self.area, self.window_sigma, zc, sz)
+
+    def isf_variance(self, cov, isf) -> np.ndarray:
+        """Var(G·exp(B/4d²)) per observation from the covariance of log G and B."""
+        if cov is None:
+            return np.zeros_like(isf)
+        layout, nodes, inv_4d2 = self.layout, self.nodes, self.inv_4d2
+        lg = np.arange(layout.log_g.start, layout.log_g.stop)
+        bb = np.arange(layout.b.start, layout.b.stop)
+        var = np.zeros_like(isf)
+        for wk, k in ((1 - nodes.w, nodes.k0), (nodes.w, nodes.k1)):
+            var += wk ** 2 * (cov[lg[k], lg[k]] + inv_4d2 ** 2 * cov[bb[k], bb[k]]
+                              + 2 * inv_4d2 * cov[lg[k], bb[k]])
+        return isf ** 2 * np.maximum(var, 0.0)
