@@ -42,7 +42,14 @@ from dials_factored.output_table import output_table, parameter_summary
 from dials_factored.passes import Store, Widths, cycle_pass, final_pass
 from dials_factored.pixel_store import PixelStore
 from dials_factored.recut import MAX_RECUTS, MIN_BACKGROUND_PIXELS, RECUT_FRACTION, Recut
-from dials_factored.reflections import Reflections, agree, cut_boxes, plan_store, predict
+from dials_factored.reflections import (
+    Reflections,
+    agree,
+    cut_boxes,
+    plan_store,
+    predict,
+    unwritten_pixels,
+)
 from dials_factored.shoeboxes import extract
 
 logger = logging.getLogger(f"dials.{__name__}")
@@ -116,9 +123,10 @@ def _integrate(experiments, strong, params, progress, start: Recut | None,
     jobs, job_of, refl, boxes, plan, owned = plan_store(experiments, refl, boxes, stills, world)
     scratch = tempfile.mkdtemp(prefix="dials_factored_", dir=params.output.scratch)
     try:
-        n_pixels = boxes.n_pixels.astype(np.int64)
-        store = Store(PixelStore(scratch, np.concatenate([[0], np.cumsum(n_pixels)])), plan,
-                      boxes, float(params.detector.read_noise) ** 2)
+        first_pixel = np.concatenate([[0], np.cumsum(boxes.n_pixels.astype(np.int64))])
+        unwritten = unwritten_pixels(experiments, refl.ids, boxes, first_pixel)
+        store = Store(PixelStore(scratch, first_pixel, unwritten), plan, boxes,
+                      float(params.detector.read_noise) ** 2)
         t = time.time()
         try:
             if stills and "mask" not in hot:

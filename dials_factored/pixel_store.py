@@ -52,6 +52,27 @@ def plan_blocks(last_job: np.ndarray, n_pixels: np.ndarray,
     return np.asarray(bounds, dtype=np.int64)
 
 
+def off_scan_pixels(start: np.ndarray, boxes, scan_first: np.ndarray,
+                    scan_end: np.ndarray) -> np.ndarray:
+    """Store indices of the box layers on frames outside the scan [``scan_first``,
+    ``scan_end``) of each reflection: the pixels no image writes (sorted).
+
+    A box's layer k (frame z0 + k) holds pixels start + k·area … start + (k + 1)·area.
+    """
+    depth = boxes.z1 - boxes.z0
+    area = (boxes.x1 - boxes.x0) * (boxes.y1 - boxes.y0)
+    below = np.clip(scan_first - boxes.z0, 0, depth)
+    above = np.clip(boxes.z1 - scan_end, 0, depth - below)
+    first = np.concatenate([start[:-1], start[:-1] + (depth - above) * area]).astype(np.int64)
+    length = np.concatenate([below * area, above * area]).astype(np.int64)
+    keep = length > 0
+    first, length = first[keep], length[keep]
+    order = np.argsort(first, kind="stable")
+    first, length = first[order], length[order]
+    offsets = np.repeat(first - np.concatenate([[0], np.cumsum(length)[:-1]]), length)
+    return offsets + np.arange(int(length.sum()), dtype=np.int64)
+
+
 @dataclass
 class BlockPlan:
     """Which reflections form each block and which reflections surround it.
@@ -108,14 +129,18 @@ class BlockPlan:
 class PixelStore:
     """Column files under ``directory`` for the pixels of reflections ``start`` describes."""
 
-    def __init__(self, directory: str, start: np.ndarray):
+    def __init__(self, directory: str, start: np.ndarray, unwritten: np.ndarray | None = None):
+        """``unwritten``: the store indices of the pixels no image will write (default:
+        all of them); they are unusable (flags 0) and get a site of their own."""
         self.directory = directory
         self.start = start
         total = int(start[-1])
         for name, dtype in COLUMNS.items():
             with open(self._path(name), "wb") as f:
                 f.truncate(total * np.dtype(dtype).itemsize)
-        # a pixel no image writes (off the scan) is unusable (flags 0) with a site of its own
+        if unwritten is not None:
+            self.scatter("site", unwritten, -1 - np.asarray(unwritten, np.int64))
+            return
         for p0 in range(0, total, SITE_CHUNK):
             self.write("site", p0, -1 - np.arange(p0, min(p0 + SITE_CHUNK, total),
                                                   dtype=np.int64))

@@ -23,7 +23,7 @@ from dials_factored.model.partiality import (
     rotation_zeta,
     rotation_zeta_unit,
 )
-from dials_factored.pixel_store import BLOCK_PIXELS, BlockPlan, plan_blocks
+from dials_factored.pixel_store import BLOCK_PIXELS, BlockPlan, off_scan_pixels, plan_blocks
 from dials_factored.recut import RECUT_MAX_GROWTH, Recut, frame_half_widths, half_widths
 from dials_factored.shoeboxes import Boxes, pixel_areas, plan_jobs
 
@@ -266,3 +266,13 @@ def plan_store(experiments, refl: Reflections, boxes, stills: bool, world):
         u0, u1, plan, owned = plan.share(owned_global)
         refl, boxes = refl.select(slice(u0, u1)), boxes.select(slice(u0, u1))
     return jobs, first_job[order], refl, boxes, plan, owned
+
+
+def unwritten_pixels(experiments, ids: np.ndarray, boxes, start: np.ndarray) -> np.ndarray:
+    """The store indices of the pixels no image writes: box layers on frames outside
+    their sweep's scan (``shoeboxes.plan_jobs`` reads every frame of the scan that a
+    box touches, and each image writes every pixel of its layers); none for stills."""
+    ranges = np.array([e.scan.get_array_range()
+                       if e.scan is not None and e.scan.get_oscillation()[1] != 0
+                       else (0, 1) for e in experiments], dtype=np.int64)[ids]
+    return off_scan_pixels(start, boxes, ranges[:, 0], ranges[:, 1])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dials_factored.pixel_store import PixelStore
+from dials_factored.pixel_store import PixelStore, off_scan_pixels
 from dials_factored.shoeboxes import Boxes
 
 #: (panel, x0, x1, y0, y1, image of the first layer, layers) of eight boxes on two
@@ -63,3 +63,28 @@ def test_neighbourhood_finds_exactly_the_shared_pixels(tmp_path):
     again = store.neighbourhood(0, 2, 5, np.array([0, 1, 5, 6, 7]), boxes, origin)
     for a, b in zip(again, (index, pixels, ids)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_only_the_layers_off_the_scan_are_left_to_the_store(tmp_path):
+    """The pixels no image writes are exactly the box layers on frames outside the scan:
+    a store that gives only those their own sites, the rest written as the image reader
+    writes them, holds the same sites as one that initialised every pixel."""
+    rows = np.array(BOXES)
+    first_frame = rows[:, 5] + 2  # the scan is frames 2 … 9: box layers off it at both ends
+    boxes = Boxes(rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3], rows[:, 4], first_frame,
+                  first_frame + rows[:, 6])
+    start = np.concatenate([[0], np.cumsum(boxes.n_pixels)]).astype(np.int64)
+    frame = np.concatenate([np.repeat(z0 + np.arange(z1 - z0), (x1 - x0) * (y1 - y0))
+                            for z0, z1, x0, x1, y0, y1 in zip(boxes.z0, boxes.z1, boxes.x0,
+                                                              boxes.x1, boxes.y0, boxes.y1)])
+    off = off_scan_pixels(start, boxes, np.full(len(rows), 2), np.full(len(rows), 2 + N_IMAGES))
+    np.testing.assert_array_equal(off, np.flatnonzero((frame < 2) | (frame >= 2 + N_IMAGES)))
+    assert 0 < len(off) < start[-1]
+    (tmp_path / "full").mkdir()
+    (tmp_path / "part").mkdir()
+    full = PixelStore(str(tmp_path / "full"), start)
+    part = PixelStore(str(tmp_path / "part"), start, off)
+    written = np.setdiff1d(np.arange(start[-1]), off)
+    for store in (full, part):
+        store.scatter("site", written, 7 * written)
+    np.testing.assert_array_equal(full.read("site", 0, len(rows)), part.read("site", 0, len(rows)))
