@@ -28,6 +28,36 @@ def rotation_geometry(zc, zeta, d, s0_len, osc):
     return zc, s0_len * np.abs(zeta), zeta / np.maximum(sin_2theta, 1e-12), osc
 
 
+def spot_drift(m2: np.ndarray, s1: np.ndarray, s0: np.ndarray):
+    """How a rotation reflection's spot moves while it crosses the sphere (per row).
+
+    Returns (a1, a2, b2) (Å⁻¹ per radian): the spot centre recorded δφ after the centre's
+    crossing lies at δφ·v from the predicted one, v = (a1, a2 − s·ζ_u·b2) along the spot's
+    axes e1 (circumferential), e2 (radial) (``shoeboxes.spot_frames``), with s the
+    angular share of σ_φ² (``model.partiality.rotation_sigma_z``).
+
+    Derivation (first order, q = s1 − s0, m2 the axis, ê1 = e1).  Photons recorded δφ late
+    come from parts of the lattice point that cross δφ late; they leave along
+    s0 + q + Ω × q with Ω = δφ·m2 + ω the total rotation, ω the part's own rotation.  The
+    crossing condition fixes Ω·ê1 = 0.  A radial (finite-domain) offset rotates nothing
+    (ω = 0), so the spot moves by δφ·(m2 × q).  An angular one (a mosaic block turned by ω,
+    σ_m per axis) crosses δφ = −ω·ê1/ζ_u late; given δφ, E[ω·ê1] = −s·ζ_u·δφ when both
+    widths spread φ (regression of ω·ê1 on δφ), so E[ω × q] = −s·ζ_u·δφ·(ê1 × q).  Only
+    the tangential parts (along e1, e2) move the spot, and ε = |s0|·angle = that part
+    (|s1| = |s0|): a1 = (m2 × q)·e1, a2 = (m2 × q)·e2, b2 = (ê1 × q)·e2 ((ê1 × q)·e1 = 0).
+    For the pure angular law v is along e1 alone; a Monte-Carlo of both laws gives the
+    same slopes (tests/test_spot_drift.py).
+    """
+    from dials_factored.shoeboxes import spot_frames
+
+    _, f1, f2 = spot_frames(s1, s0)
+    q = s1 - s0
+    turn = np.cross(m2, q)
+    tilt = np.cross(f1, q)
+    dot = lambda a, b: np.einsum("ij,ij->i", a, b)  # noqa: E731
+    return dot(turn, f1), dot(turn, f2), dot(tilt, f2)
+
+
 def zc_to_phi(experiments, ids, zc):
     """φ (deg) of each reflection from its frame coordinate (0 for stills)."""
     phi = np.zeros(len(ids))
@@ -94,6 +124,7 @@ class Forward:
     area: np.ndarray
     window_sigma: float
     rotation: tuple | None = None
+    drift: tuple | None = None  # rotation: spot_drift (a1, a2, b2), Å⁻¹ per radian
 
     @property
     def stills(self) -> bool:
@@ -132,9 +163,15 @@ class Forward:
             return Widths(ra_eff, rb_eff, self.area, self.window_sigma)
         zc, rate, zeta_unit, osc = self.rotation
         layout = self.layout
-        sz = rotation_sigma_z(float(np.exp(x[layout.log_r0])),
-                              float(np.exp(x[layout.log_eta])), rate, zeta_unit, osc)[0]
-        return Widths(ra_eff, rb_eff, self.area, self.window_sigma, zc, sz)
+        sz, _, angular = rotation_sigma_z(float(np.exp(x[layout.log_r0])),
+                                          float(np.exp(x[layout.log_eta])), rate, zeta_unit,
+                                          osc)
+        drift = None
+        if self.drift is not None:
+            a1, a2, b2 = self.drift
+            per_frame = np.radians(osc)
+            drift = (a1 * per_frame, (a2 - angular * zeta_unit * b2) * per_frame)
+        return Widths(ra_eff, rb_eff, self.area, self.window_sigma, zc, sz, drift)
 
     def isf_variance(self, cov, isf) -> np.ndarray:
         """Var(G·exp(B/4d²)) per observation from the covariance of log G and B."""

@@ -32,7 +32,13 @@ from dials_factored.cycles import (
 from dials_factored.diagnostics import fit_warnings, per_still_table
 from dials_factored.error_model import fit_relative_error
 from dials_factored.fit import Layout
-from dials_factored.forward import Forward, excitation_gradients, rotation_geometry, zc_to_phi
+from dials_factored.forward import (
+    Forward,
+    excitation_gradients,
+    rotation_geometry,
+    spot_drift,
+    zc_to_phi,
+)
 from dials_factored.hot_pixels import stills_hot_mask
 from dials_factored.merging import asu_groups, global_groups, symmetry_of
 from dials_factored.model.partiality import bandwidth_sq
@@ -217,7 +223,11 @@ def _set_up_fit(experiments, params, refl: Reflections, symmetry, widths_init, r
         attenuation=to_numpy(table["qe"]) / to_numpy(table["lp"]), area=refl.area,
         window_sigma=params.profile.window_sigma,
         rotation=None if stills else rotation_geometry(refl.zc, refl.zeta, d, refl.s0_len,
-                                                       refl.osc))
+                                                       refl.osc),
+        drift=None if stills or not params.profile.follow_spot else spot_drift(
+            np.array([e.goniometer.get_rotation_axis() for e in experiments])[refl.ids],
+            to_numpy(table["s1"]),
+            np.array([e.beam.get_s0() for e in experiments])[refl.ids]))
     x = start_parameters(layout, grid, widths_init, r1_init, start)
     priors = make_priors(params, widths_init, r1_init, stills, ext_ref is not None)
     state = FitState(x, priors, global_groups(asu), anomalous, ref_values, r1_init,

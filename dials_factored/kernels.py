@@ -231,6 +231,19 @@ def moment_sums(counts, use, bg, P, e1, e2, frame, start, zc, rotation):
 
 
 @njit(cache=True, nogil=True)
+def follow_spot(e1, e2, frame, start, zc, d1, d2):
+    """ε1 − d1·(f + ½ − z_c), ε2 − d2·(f + ½ − z_c) per pixel (float32; profile.follow_spot)."""
+    out1 = np.empty(e1.shape[0], np.float32)
+    out2 = np.empty(e1.shape[0], np.float32)
+    for r in range(start.shape[0] - 1):
+        for i in range(start[r], start[r + 1]):
+            t = frame[i] + 0.5 - zc[r]
+            out1[i] = e1[i] - d1[r] * t
+            out2[i] = e2[i] - d2[r] * t
+    return out1, out2
+
+
+@njit(cache=True, nogil=True)
 def frame_fraction(frame, start, zc, sz):
     """Φ((f + 1 − z_c)/σ_z) − Φ((f − z_c)/σ_z) per pixel (profile.frame_fraction),
     evaluated once per run of pixels on one frame (a box is stored layer by layer)."""

@@ -47,7 +47,8 @@ class Store:
 @dataclass
 class Widths:
     """Per-reflection widths of one pass: R_eff along e1 and e2 (Å⁻¹) and, for rotation
-    data, the φ centre z_c and width σ_z (frames)."""
+    data, the φ centre z_c and width σ_z (frames) and the spot's drift (d1, d2) along
+    e1 and e2 (Å⁻¹ per frame, ``profile.follow_spot``)."""
 
     ra: np.ndarray
     rb: np.ndarray
@@ -55,11 +56,14 @@ class Widths:
     window_sigma: float
     zc: np.ndarray | None = None
     sz: np.ndarray | None = None
+    drift: tuple | None = None
 
     def select(self, index) -> Widths:
-        rotation = (None, None) if self.zc is None else (self.zc[index], self.sz[index])
+        if self.zc is None:
+            return Widths(self.ra[index], self.rb[index], self.area[index], self.window_sigma)
+        drift = None if self.drift is None else tuple(d[index] for d in self.drift)
         return Widths(self.ra[index], self.rb[index], self.area[index], self.window_sigma,
-                      *rotation)
+                      self.zc[index], self.sz[index], drift)
 
 
 @dataclass
@@ -184,8 +188,8 @@ def cycle_pass(store: Store, widths: Widths, j_expected: np.ndarray | None,
     """
     def task(b: int) -> dict:
         blk = _read(store, active if b in blocks else _NONE, b)
-        pix = blk.pix
         w = widths.select(blk.index)
+        pix = profile.follow_spot(blk.pix, w)
         tpl = template(pix, w, store.read_variance)
         j_exp = _first_amplitudes(pix, tpl) if j_expected is None else j_expected[blk.index]
         outliers = outlier_pixels(pix, tpl.P, tpl.usable, tpl.bg, j_exp, threshold,
@@ -242,8 +246,8 @@ def final_pass(store: Store, widths: Widths, j_expected: np.ndarray, xyz: np.nda
     """
     def task(b: int) -> dict:
         blk = _read(store, active if b in blocks else _NONE, b)
-        pix = blk.pix
         w = widths.select(blk.index)
+        pix = profile.follow_spot(blk.pix, w)
         boxes = store.boxes.select(blk.index)
         tpl = template(pix, w, store.read_variance)
         j, var_j = profile_fit(pix, tpl.P, tpl.usable, tpl.bg, tpl.n_bg, j_expected[blk.index],

@@ -26,6 +26,8 @@ frames before the first or after the last image hold no pixels.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from scipy.special import ndtr
 
@@ -55,6 +57,26 @@ def frame_fraction(pix, z_centre: np.ndarray, sigma_z: np.ndarray) -> np.ndarray
     width σ_z (frames) (``kernels.frame_fraction``)."""
     return kernels.frame_fraction(pix.frame, pix.start, np.asarray(z_centre, float),
                                   np.asarray(sigma_z, float))
+
+
+def follow_spot(pix, w):
+    """The pixels with ε1, ε2 measured from where the spot is on each frame.
+
+    While a rotation reflection crosses the Ewald sphere its spot moves on the detector:
+    the photons recorded δφ (rad) after the crossing of the centre come from parts of the
+    lattice point whose own crossing is δφ later, and leave along the rotated direction.
+    To first order the spot centre moves by δφ·v (Å⁻¹, in the tangent plane at ŝ1;
+    ``forward.spot_drift``), and the frame f holds the spot at (f + ½ − z_c)·Δφ·v from
+    the predicted centre.  With ``w.drift`` = Δφ·(v·e1, v·e2) (Å⁻¹ per frame) the
+    offsets become ε − (f + ½ − z_c)·Δφ·v, so that the template, the foreground and the
+    shape moments follow the spot; stills, or no drift, are returned as they are.
+    """
+    if w.drift is None:
+        return pix
+    e1, e2 = kernels.follow_spot(pix.e1, pix.e2, pix.frame, pix.start,
+                                 np.asarray(w.zc, float), *(np.asarray(d, float)
+                                                            for d in w.drift))
+    return replace(pix, e1=e1, e2=e2)
 
 
 def window(pix, ra_eff: np.ndarray, rb_eff: np.ndarray, k: float) -> np.ndarray:

@@ -114,6 +114,13 @@ profile {
     .help = "Fit separate widths along the circumferential and radial directions."
             "Auto: yes for rotation data (an angular mosaic spread widens spots along"
             "the circumference as 1/d, not radially), no for stills."
+  follow_spot = True
+    .type = bool
+    .help = "Rotation: the template follows the spot across the frames of its φ"
+            "profile (while a reflection crosses the Ewald sphere its spot moves on the"
+            "detector, most for reflections near the rotation axis; see"
+            "docs/conventions.md). False: the spot is taken to stay at its predicted"
+            "centre on every frame."
   n_resolution_bins = 5
     .type = int(value_min=1)
     .help = "Number of nodes of R1(d) on a grid in 1/d²."
