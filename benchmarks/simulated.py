@@ -88,7 +88,7 @@ SPEED_TARGET = {"stills": 0.25, "rotation": 0.5}
 #: (1.8 Å at the corners); a smaller panel keeps the geometry and cuts the resolution.
 ANGULAR = {"mode": "rotation", "pixel_size": 0.1, "distance": 150.0, "detector": (1340, 1340),
            "args": ("crystal.phi_spread=angular", "crystal.mosaic=0.15",
-                    "beam.divergence=0.000611", "monte_carlo.max_lorentz=2000")}
+                    "beam.divergence=0.000611")}
 #: Simulated cases: name → the simulator's mode.
 CASES = {"stills": "stills", "rotation": "rotation", "rotation_angular": ANGULAR["mode"],
          **{name: "stills" for name in STILLS_CASES}}

@@ -125,6 +125,7 @@ class Forward:
     window_sigma: float
     rotation: tuple | None = None
     drift: tuple | None = None  # rotation: spot_drift (a1, a2, b2), Å⁻¹ per radian
+    s0_len: np.ndarray | None = None  # 1/λ (Å⁻¹) per reflection
 
     @property
     def stills(self) -> bool:

@@ -227,7 +227,8 @@ def _set_up_fit(experiments, params, refl: Reflections, symmetry, widths_init, r
         drift=None if stills or not params.profile.follow_spot else spot_drift(
             np.array([e.goniometer.get_rotation_axis() for e in experiments])[refl.ids],
             to_numpy(table["s1"]),
-            np.array([e.beam.get_s0() for e in experiments])[refl.ids]))
+            np.array([e.beam.get_s0() for e in experiments])[refl.ids]),
+        s0_len=refl.s0_len)
     x = start_parameters(layout, grid, widths_init, r1_init, start)
     priors = make_priors(params, widths_init, r1_init, stills, ext_ref is not None)
     state = FitState(x, priors, global_groups(asu), anomalous, ref_values, r1_init,

@@ -230,7 +230,7 @@ def cut_boxes(experiments, strong, params, table, r0, start: Recut | None, world
         z0 = np.floor(zc).astype(int) - zhalf
         z1 = np.floor(zc).astype(int) + zhalf + 1
         # keep reflections whose centre lies in the scan and that are not too close to the axis
-        ok = np.abs(zeta) > params.prediction.min_zeta  # ζ·sin 2θ, see its help
+        ok = np.abs(zeta_u) > params.prediction.min_zeta  # DIALS's ζ, see its help
         refl = Reflections(table, ids, d, xyz, panel_ids, s0_len, area, zeta, osc).select(ok)
         half, z0, z1 = half[ok], z0[ok], z1[ok]
     x0 = np.floor(refl.xyz[:, 0]).astype(int) - half

@@ -69,12 +69,16 @@ def _relative_errors(sweep):
             "radial_r0": fit["radial_r0"] / true["radial_r0"] - 1}
 
 
-@pytest.mark.parametrize("name", ["angular", "domain"])
-def test_both_phi_widths_recovered(sweeps, name):
-    """Measured on this branch: angular sweep σ_m 0.1502° (truth 0.1504°), R0 1.76e-4
-    (1.88e-4) Å⁻¹; domain sweep σ_m 0.0218° (0.0231°), R0 1.421e-3 (1.410e-3) Å⁻¹."""
+@pytest.mark.parametrize("name, dominant", [("angular", "sigma_m"), ("domain", "radial_r0")])
+def test_both_phi_widths_recovered(sweeps, name, dominant):
+    """The width that dominates the φ spread of a sweep within 10 % of the truth, the
+    other within a factor 1.6.  The smaller one is weakly determined: on the domain
+    sweep (σ_m 0.023° beside R0 1.4·10⁻³ Å⁻¹) seeds 5, 7 and 8 gave σ_m −6 % … +48 % off
+    (2026-12-02), with R0 within 0.4 % every time; an earlier 10 % bound on both held
+    for seed 5 alone."""
     errors = _relative_errors(sweeps(name))
-    assert all(abs(e) < 0.10 for e in errors.values()), errors
+    assert abs(errors[dominant]) < 0.10, errors
+    assert all(abs(np.log1p(e)) < np.log(1.6) for e in errors.values()), errors
 
 
 def test_angular_spread_is_reported_in_dials_convention(sweeps):
@@ -110,15 +114,11 @@ def test_scan_edge_partiality_is_the_recorded_fraction(sweeps):
     assert not (scaled & (p < 0.05)).any()  # output.min_partiality
 
 
-@pytest.mark.xfail(strict=True, reason="known limit (docs/limits.md): min_zeta is applied "
-                   "to ζ·sin 2θ; with DIALS's ζ the low-rate reflections it adds come out "
-                   "wrong (rms z 7.1 on the 36-frame benchmark sweep)")
 def test_only_reflections_close_to_the_axis_are_skipped(sweeps):
     """DIALS skips |ζ| = |m2·ê1| < 0.05 (ê1 the unit vector along s1 × s0), reflections
-    close to the rotation axis, and integrates every other predicted reflection.  We
-    compare m2·(ŝ1 × ŝ0) = ζ·sin 2θ with 0.05, so low-resolution reflections far from the
-    axis are dropped: 38 of 2,751 on this sweep, 52 of the 811 unique reflections below
-    4 Å that DIALS merged on the 36-frame benchmark sweep."""
+    close to the rotation axis, and integrates every other predicted reflection; so do
+    we.  (Comparing m2·(ŝ1 × ŝ0) = ζ·sin 2θ with 0.05 instead, as before, dropped
+    low-resolution reflections far from the axis: 38 of 2,751 on this sweep.)"""
     from dials.array_family import flex
     from dxtbx.model.experiment_list import ExperimentListFactory
 

@@ -185,9 +185,9 @@ prediction {
     .expert_level = 1
   min_zeta = 0.05
     .type = float(value_min=0)
-    .help = "Rotation: skip reflections with |m2·(ŝ1 × ŝ0)| below this: close to the "
-            "axis, and at low resolution (it is DIALS's ζ times sin 2θ) reflections that "
-            "cross the Ewald sphere slowly (docs/limits.md)."
+    .help = "Rotation: skip reflections with |ζ| below this, ζ = m2·ê1 with"
+            "ê1 = s1 × s0/|s1 × s0| (DIALS's zeta and its integration.filter.min_zeta):"
+            "reflections close to the rotation axis, which cross the Ewald sphere slowly."
     .expert_level = 1
   partiality_floor = 0.001
     .type = float(value_min=0, value_max=1)

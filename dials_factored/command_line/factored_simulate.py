@@ -295,10 +295,13 @@ monte_carlo {
     .help = "Trace reflections whose nominal excitation error (stills) or crossing angle"
             "(rotation) is within this many first-order widths."
     .expert_level = 1
-  max_lorentz = 50.0
+  max_lorentz = 2000.0
     .type = float(value_min=1)
-    .help = "Rotation: crossings with a larger nominal Lorentz factor (within ~1° of the"
-            "rotation axis) are not simulated."
+    .help = "Rotation: crossings with a larger nominal Lorentz factor 1/|m2·(ŝ1 × ŝ0)|"
+            "(within ~0.03° of the rotation axis) are not simulated.  It must be larger"
+            "than any that DIALS integrates (|m2·ê1| > 0.05, i.e. up to 20/sin 2θ), or"
+            "reflections every route predicts and integrates come out of the simulator"
+            "as missing."
     .expert_level = 1
 }
 truth {

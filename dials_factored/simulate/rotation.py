@@ -3,8 +3,8 @@
 Every reflection crosses the Ewald sphere twice per turn; each crossing (branch ±1)
 whose nominal angle lies within the scan, widened by ``n_sigma`` first-order widths
 ``R/|dε/dφ|`` plus one frame, is an observation candidate.  Crossings whose nominal
-Lorentz factor exceeds ``max_lorentz`` (reflections within about 1° of the rotation
-axis) are not simulated at all.
+Lorentz factor exceeds ``max_lorentz`` (reflections within about 0.03° of the rotation
+axis with the default 2000) are not simulated at all.
 
 Memory: observations are traced in chunks, each chunk's samples are reduced at once to
 sparse (observation, frame, pixel) signal entries, and the frames are then formed and
