@@ -53,8 +53,8 @@ GAUGE_SIGMA = 0.01
 #: |m2·(ŝ1 × ŝ0)| above this (|dε/dφ| > this × |s0|).  Slower crossings, at low
 #: resolution or near the axis, are integrated (down to DIALS's |ζ| = 0.05,
 #: ``prediction.min_zeta``), but their φ profiles are not the first-order Gaussian
-#: (the rate varies across them): on the 20-image sweeps of tests/test_rotation_law.py
-#: their moments moved the smaller of the two widths by 14 % and 38 %.
+#: (the rate varies across them): on the angular-dominated 20-image sweep of
+#: tests/test_rotation_law.py their moments moved the radial width R0 by 14 %.
 PHI_MOMENT_MIN_RATE = 0.05
 
 
@@ -251,8 +251,8 @@ class Cycles:
         )
         if not forward.stills:
             mz, smz = observed_frame_moment(stats, bg, expected_now)
-            # the widths from the φ moments of reflections that cross the sphere fast
-            # enough for the first-order Gaussian φ profile (see PHI_MOMENT_MIN_RATE)
+            # the φ widths from reflections that cross the sphere fast enough for the
+            # first-order Gaussian φ profile (see PHI_MOMENT_MIN_RATE)
             obs.use_z = (use2 & np.isfinite(smz) & (smz > 0)
                          & (forward.rotation[1] > PHI_MOMENT_MIN_RATE * forward.s0_len))
             obs.m_z, obs.sigma_mz, obs.rate, obs.zeta_unit, obs.osc = (

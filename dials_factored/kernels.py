@@ -231,13 +231,36 @@ def moment_sums(counts, use, bg, P, e1, e2, frame, start, zc, rotation):
 
 
 @njit(cache=True, nogil=True)
-def follow_spot(e1, e2, frame, start, zc, d1, d2):
-    """ε1 − d1·(f + ½ − z_c), ε2 − d2·(f + ½ − z_c) per pixel (float32; profile.follow_spot)."""
+def _mean_offset(f, zc, sz):
+    """E[z − z_c | f ≤ z < f + 1] (frames) for z ~ N(z_c, σ_z²): the truncated normal's
+    mean, σ_z·(φ(a) − φ(b))/(Φ(b) − Φ(a)) with a = (f − z_c)/σ_z, b = a + 1/σ_z; the
+    nearer edge where the frame is too far in a tail for the ratio."""
+    a = (f - zc) / sz
+    b = a + 1.0 / sz
+    root2 = math.sqrt(2.0)
+    if a > 0.0:
+        mass = 0.5 * (math.erfc(a / root2) - math.erfc(b / root2))
+    else:
+        mass = 0.5 * (math.erfc(-b / root2) - math.erfc(-a / root2))
+    if mass < 1e-12:
+        return f - zc if a > 0.0 else f + 1.0 - zc
+    density = (math.exp(-0.5 * a * a) - math.exp(-0.5 * b * b)) / math.sqrt(2.0 * math.pi)
+    return sz * density / mass
+
+
+@njit(cache=True, nogil=True)
+def follow_spot(e1, e2, frame, start, zc, sz, d1, d2):
+    """ε1 − d1·t_f, ε2 − d2·t_f per pixel, t_f the mean φ offset (frames) of the photons
+    on the pixel's frame f (``_mean_offset``; float32; profile.follow_spot)."""
     out1 = np.empty(e1.shape[0], np.float32)
     out2 = np.empty(e1.shape[0], np.float32)
     for r in range(start.shape[0] - 1):
+        last = -(2 ** 31)
+        t = 0.0
         for i in range(start[r], start[r + 1]):
-            t = frame[i] + 0.5 - zc[r]
+            if frame[i] != last:
+                last = frame[i]
+                t = _mean_offset(float(last), zc[r], max(sz[r], 1e-6))
             out1[i] = e1[i] - d1[r] * t
             out2[i] = e2[i] - d2[r] * t
     return out1, out2

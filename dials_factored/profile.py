@@ -19,7 +19,9 @@ Gaussian whose σ_φ combines the radial width R0 and the angular mosaic spread 
     F_f = Φ((f + 1 − z_c)/σ_z) − Φ((f − z_c)/σ_z),   σ_z = σ_φ/Δφ
 
 and P_p = P_tang · F_f, so Σ over all frames is 1 and J estimates the full
-reflection even when the box or the scan cuts it.  The recorded fraction (the output
+reflection even when the box or the scan cuts it.  The spot moves while the reflection
+crosses the sphere (:func:`follow_spot`): P_tang of frame f is centred where that
+frame's photons are, t_f·Δφ·v from the predicted centre, v from ``forward.spot_drift``.  The recorded fraction (the output
 ``partiality``) sums F_f over the frames of the box that lie inside the scan only:
 frames before the first or after the last image hold no pixels.
 """
@@ -66,16 +68,18 @@ def follow_spot(pix, w):
     the photons recorded δφ (rad) after the crossing of the centre come from parts of the
     lattice point whose own crossing is δφ later, and leave along the rotated direction.
     To first order the spot centre moves by δφ·v (Å⁻¹, in the tangent plane at ŝ1;
-    ``forward.spot_drift``), and the frame f holds the spot at (f + ½ − z_c)·Δφ·v from
-    the predicted centre.  With ``w.drift`` = Δφ·(v·e1, v·e2) (Å⁻¹ per frame) the
-    offsets become ε − (f + ½ − z_c)·Δφ·v, so that the template, the foreground and the
+    ``forward.spot_drift``), and the photons of frame f are centred at t_f·Δφ·v from
+    the predicted centre, t_f the mean of z − z_c over the part of the Gaussian φ
+    profile on that frame (not f + ½ − z_c: a spot recorded on two frames has its
+    photons near the frames' common edge).  With ``w.drift`` = Δφ·(v·e1, v·e2) (Å⁻¹ per
+    frame) the offsets become ε − t_f·Δφ·v, so that the template, the foreground and the
     shape moments follow the spot; stills, or no drift, are returned as they are.
     """
     if w.drift is None:
         return pix
     e1, e2 = kernels.follow_spot(pix.e1, pix.e2, pix.frame, pix.start,
-                                 np.asarray(w.zc, float), *(np.asarray(d, float)
-                                                            for d in w.drift))
+                                 np.asarray(w.zc, float), np.asarray(w.sz, float),
+                                 *(np.asarray(d, float) for d in w.drift))
     return replace(pix, e1=e1, e2=e2)
 
 
