@@ -21,9 +21,10 @@ Gaussian whose σ_φ combines the radial width R0 and the angular mosaic spread 
 and P_p = P_tang · F_f, so Σ over all frames is 1 and J estimates the full
 reflection even when the box or the scan cuts it.  The spot moves while the reflection
 crosses the sphere (:func:`follow_spot`): P_tang of frame f is centred where that
-frame's photons are, t_f·Δφ·v from the predicted centre, v from ``forward.spot_drift``.  The recorded fraction (the output
-``partiality``) sums F_f over the frames of the box that lie inside the scan only:
-frames before the first or after the last image hold no pixels.
+frame's photons are, t_f·Δφ·v from the predicted centre, v from ``forward.spot_drift``.
+The recorded fraction (the output ``partiality``) sums F_f over the frames of the box
+that lie inside the scan only: frames before the first or after the last image hold no
+pixels.
 """
 
 from __future__ import annotations
