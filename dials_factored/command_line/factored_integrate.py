@@ -119,8 +119,8 @@ profile {
     .help = "Rotation: the template follows the spot across the frames of its φ"
             "profile (while a reflection crosses the Ewald sphere its spot moves on the"
             "detector, most for reflections near the rotation axis; see"
-            "docs/conventions.md). False: the spot is taken to stay at its predicted"
-            "centre on every frame."
+            "docs/benchmarks.md, 2026-12-02). False: the spot is taken to stay at its"
+            "predicted centre on every frame."
   n_resolution_bins = 5
     .type = int(value_min=1)
     .help = "Number of nodes of R1(d) on a grid in 1/d²."
