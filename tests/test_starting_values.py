@@ -74,7 +74,7 @@ def test_fit_converges_from_a_start_4x_off(runs, factor):
     assert run.cc > ref.cc - 0.01, f"merged CC to truth {run.cc:.4f} vs {ref.cc:.4f}"
 
 
-@pytest.mark.xfail(reason="the stills prediction cutoff uses the initial R0 (run_factored: "
+@pytest.mark.xfail(reason="the stills prediction cutoff uses the initial R0 (reflections.predict: "
                    "max_eps = cutoff·√((R0_MARGIN·r0)² + R_bw²)), so a start 4× too small "
                    "never predicts the reflections further from the Ewald sphere: measured "
                    "3884 scaled observations vs 5279 from the truth start", strict=True)
