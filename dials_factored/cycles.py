@@ -186,11 +186,11 @@ class Cycles:
         state.n_outliers += n_new
 
         # The scale per observation with the current parameters, and I_ref
-        obs_scale = forward.observed_scale(state.x)
+        eps = forward.excitation(state.x)
+        obs_scale = forward.scale(state.x, eps) * forward.attenuation
         # observations the model expects to be mostly missed carry little information
         # and the least certain partiality: they enter neither the fit nor I_ref
-        p_now = (forward.partiality(state.x, forward.excitation(state.x)) if forward.stills
-                 else np.ones(len(j)))
+        p_now = forward.partiality(state.x, eps) if forward.stills else np.ones(len(j))
         state.informative = p_now >= params.refinement.min_partiality
         if self.ext_ref is not None and cycle == 0:
             self._put_reference_on_scale(state, j, var_j, obs_scale)
@@ -265,7 +265,8 @@ class Cycles:
         """I_ref and the expected amplitudes from the new parameters; stills: the pruning
         of reflections that cannot hold signal, and the width fallback."""
         world, forward, params, x = collective.world(), self.forward, self.params, state.x
-        obs_scale = forward.observed_scale(x)
+        eps = forward.excitation(x)
+        obs_scale = forward.scale(x, eps) * forward.attenuation
         if cycle == 0 and params.anomalous == "auto" and not state.anomalous:
             state.anomalous, state.group = anomalous_from_data(
                 self.table, self.symmetry, state.group, j, var_j,
@@ -279,7 +280,7 @@ class Cycles:
             model_or_prior(obs_scale, state.i_ref, j, forward.inv_4d2, state.group, measured)
             if forward.stills else obs_scale * state.i_ref, j, var_j)
         if forward.stills and state.active is None:
-            p_now = forward.partiality(x, forward.excitation(x))
+            p_now = forward.partiality(x, eps)
             state.active = p_now ** (1 / PRUNE_WIDEN ** 2) >= params.prediction.partiality_floor
             logger.info("%d of %d predicted reflections can hold signal (p ≥ %g with R0_eff "
                         "× %g); only these are integrated from now on",

@@ -20,6 +20,7 @@ from dials_factored.arrays import to_numpy
 from dials_factored.fit import Layout, corrected_excitation
 from dials_factored.model.partiality import rotation_sigma_z, stills_partiality
 from dials_factored.passes import Widths
+from dials_factored.shoeboxes import spot_frames
 
 
 def rotation_geometry(zc, zeta, d, s0_len, osc):
@@ -48,14 +49,11 @@ def spot_drift(m2: np.ndarray, s1: np.ndarray, s0: np.ndarray):
     For the pure angular law v is along e1 alone; a Monte-Carlo of both laws gives the
     same slopes (tests/test_spot_drift.py).
     """
-    from dials_factored.shoeboxes import spot_frames
-
     _, f1, f2 = spot_frames(s1, s0)
     q = s1 - s0
     turn = np.cross(m2, q)
     tilt = np.cross(f1, q)
-    dot = lambda a, b: np.einsum("ij,ij->i", a, b)  # noqa: E731
-    return dot(turn, f1), dot(turn, f2), dot(tilt, f2)
+    return tuple(np.einsum("ij,ij->i", a, b) for a, b in ((turn, f1), (turn, f2), (tilt, f2)))
 
 
 def zc_to_phi(experiments, ids, zc):
