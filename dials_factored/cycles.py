@@ -234,7 +234,6 @@ class Cycles:
         use2 = (strong_now & np.isfinite(sa) & np.isfinite(sb) & (sa > 0) & (sb > 0)
                 & (state.priors.log_r1_sigma != FIXED_WIDTH_SIGMA))
         k2 = params.profile.window_sigma ** 2
-        deps = forward.deps
         obs = Observations(
             j=j, sigma_j=sigma_j, i_ref=state.i_ref, attenuation=forward.attenuation,
             inv_4d2=forward.inv_4d2, k0=nodes.k0, k1=nodes.k1, w=nodes.w,
@@ -242,7 +241,7 @@ class Cycles:
                   & np.isfinite(state.i_ref) & (sigma_j > 0)),
             group=state.group, bootstrapped=~state.external,
             stills=forward.stills, eps=forward.eps, rbw_sq=forward.rbw_sq,
-            deps_x=deps[0], deps_y=deps[1], deps_s=deps[2],
+            deps=forward.deps,
             use2=use2, m_a=ma, m_b=mb, sigma_a=sa, sigma_b=sb, area=forward.area,
             window_a=k2 * widths.ra ** 2, window_b=k2 * widths.rb ** 2,
             b0=grid.b0, b1=grid.b1, u=grid.u,

@@ -35,7 +35,14 @@ class Layout:
     n_nodes: int
     n_width: int
     anisotropic: bool
-    n_orient: int = 0  # stills: one (δθx, δθy, δs) triple per still
+    n_orient: int = 0  # stills: one (δθx, δθy, δs per cell-axis group) set per still
+    #: groups of reciprocal axes (0, 1, 2 = a*, b*, c*) with one relative scale each
+    #: (:func:`dials_factored.forward.cell_axis_groups`)
+    cell_groups: tuple = ((0, 1, 2),)
+
+    @property
+    def n_cell(self) -> int:
+        return len(self.cell_groups)
 
     @property
     def log_g(self):
@@ -77,12 +84,22 @@ class Layout:
         return slice(self._orient_start + self.n_orient, self._orient_start + 2 * self.n_orient)
 
     @property
-    def cell_scale(self):
-        return slice(self._orient_start + 2 * self.n_orient, self._orient_start + 3 * self.n_orient)
+    def cell_axes(self) -> list[slice]:
+        """The relative scale corrections δs_g of each still's reciprocal axes, one slice per
+        axis group g (all stills)."""
+        start = self._orient_start
+        return [slice(start + (2 + g) * self.n_orient, start + (3 + g) * self.n_orient)
+                for g in range(self.n_cell)]
+
+    @property
+    def per_still(self) -> list[slice]:
+        """Every per-still geometry block: δθx, δθy and the δs_g, in the order of
+        ``Forward.deps``."""
+        return [self.orient_x, self.orient_y, *self.cell_axes] if self.n_orient else []
 
     @property
     def size(self) -> int:
-        return self._orient_start + 3 * self.n_orient
+        return self._orient_start + (2 + self.n_cell) * self.n_orient
 
     def structure(self, node_pairs=((), ())) -> Structure:
         """The parameters as blocks (for :mod:`dials_factored.schur`) and globals.
@@ -90,7 +107,7 @@ class Layout:
         A block is a run of scale nodes chained by ``node_pairs`` (consecutive nodes of
         one sweep: the φ interpolation and smoothness rows couple them), so one block
         per still or per rotation sweep; it holds those nodes' log G, B and, for stills,
-        δθx, δθy, δs.  R0, η and the R1 nodes are global.
+        δθx, δθy, δs_g.  R0, η and the R1 nodes are global.
         """
         n = self.n_nodes
         a, b = (np.asarray(v, dtype=int) for v in node_pairs)
@@ -99,9 +116,7 @@ class Layout:
         node_block = np.cumsum(new) - 1
         first = np.flatnonzero(new)
         rank = np.arange(n) - first[node_block]  # position of the node in its block
-        per_node = [self.log_g, self.b]
-        if self.n_orient:
-            per_node += [self.orient_x, self.orient_y, self.cell_scale]
+        per_node = [self.log_g, self.b, *self.per_still]
         block_of = np.full(self.size, -1)
         slot_of = np.zeros(self.size, dtype=int)
         for i, sl in enumerate(per_node):
@@ -131,7 +146,7 @@ class Priors:
     gauge_sigma: float | None = None
     #: σ (rad) of the prior on each still's orientation correction δθx, δθy.
     orient_sigma: float = 0.0035
-    #: σ of the prior on each still's relative reciprocal-cell scale correction δs.
+    #: σ of the prior on each still's relative reciprocal-axis scale corrections δs_g.
     cell_scale_sigma: float = 0.02
 
 
@@ -177,10 +192,9 @@ class Observations:
     z_last: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
     node_pairs: tuple = (np.zeros(0, int), np.zeros(0, int))
     # stills: ∂ε/∂θ for small crystal rotations about the lab x and y axes (Å⁻¹/rad)
-    # and ∂ε/∂δs for a relative scale δs of the reciprocal cell (Å⁻¹)
-    deps_x: np.ndarray | None = None
-    deps_y: np.ndarray | None = None
-    deps_s: np.ndarray | None = None
+    # and ∂ε/∂δs_g for relative scales of the reciprocal axis groups (Å⁻¹), in the order
+    # of ``Layout.per_still`` (forward.excitation_gradients)
+    deps: tuple = ()
     width_pairs: tuple = (np.zeros(0, int), np.zeros(0, int))
 
 
@@ -189,13 +203,13 @@ def corrected_excitation(eps: np.ndarray, gradients, x: np.ndarray, layout: Layo
     """ε (Å⁻¹) after each still's small corrections, to first order.
 
     ``gradients`` are ∂ε/∂δθx, ∂ε/∂δθy (Å⁻¹/rad, crystal rotations about the lab x and y
-    axes) and ∂ε/∂δs (Å⁻¹, a relative scale of the reciprocal cell, q → (1 + δs)·q),
-    per reflection; ``still`` is each reflection's still (its scale node).
+    axes) and ∂ε/∂δs_g (Å⁻¹, relative scales of groups of reciprocal axes), per
+    reflection (:func:`dials_factored.forward.excitation_gradients`); ``still`` is each
+    reflection's still (its scale node).
     """
     if not layout.n_orient:
         return eps
-    blocks = (layout.orient_x, layout.orient_y, layout.cell_scale)
-    return eps + sum(g * x[b][still] for g, b in zip(gradients, blocks))
+    return eps + sum(g * x[b][still] for g, b in zip(gradients, layout.per_still))
 
 
 class FactoredTarget:
@@ -253,7 +267,7 @@ class FactoredTarget:
     def excitation(self, x: np.ndarray) -> np.ndarray:
         """ε per reflection with each still's orientation and cell-scale correction (Å⁻¹)."""
         o, lay = self.obs, self.layout
-        return corrected_excitation(o.eps, (o.deps_x, o.deps_y, o.deps_s), x, lay, o.k0)
+        return corrected_excitation(o.eps, o.deps, x, lay, o.k0)
 
     def widths(self, x: np.ndarray):
         """R1a, R1b per reflection (Å⁻¹)."""
@@ -314,9 +328,8 @@ class FactoredTarget:
             ent.append((lay.log_eta, dj * dlogp[1][s]))
             if lay.n_orient:
                 d_eps = dj * self._dlogp_deps[s]
-                ent.append((lay.orient_x.start + o.k0[s], d_eps * o.deps_x[s]))
-                ent.append((lay.orient_y.start + o.k0[s], d_eps * o.deps_y[s]))
-                ent.append((lay.cell_scale.start + o.k0[s], d_eps * o.deps_s[s]))
+                ent += [(block.start + o.k0[s], d_eps * g[s])
+                        for block, g in zip(lay.per_still, o.deps)]
         add(r1, ent)
 
         # Term 2: shape residuals along a and b
@@ -372,8 +385,8 @@ class FactoredTarget:
                 [(lay.log_eta, 1.0 / pri.log_eta_sigma)])
         add(x[lay.b][nodes] / pri.b_sigma, [(lay.b.start + nodes, 1.0 / pri.b_sigma)])
         if lay.n_orient:
-            for block, sigma in ((lay.orient_x, pri.orient_sigma), (lay.orient_y, pri.orient_sigma),
-                                 (lay.cell_scale, pri.cell_scale_sigma)):
+            sigmas = [pri.orient_sigma] * 2 + [pri.cell_scale_sigma] * lay.n_cell
+            for block, sigma in zip(lay.per_still, sigmas):
                 cols_ = block.start + nodes
                 add(x[cols_] / sigma, [(cols_, 1.0 / sigma)])
         if pri.gauge_sigma:

@@ -74,18 +74,39 @@ def target_widths(x, layout, grid):
     return np.exp(grid.interpolate(la)), np.exp(grid.interpolate(lb))
 
 
-def excitation_gradients(experiments, ids, table):
-    """∂ε/∂θx, ∂ε/∂θy (Å⁻¹/rad) and ∂ε/∂δs (Å⁻¹) of each still's reflections.
+def cell_axis_groups(crystal) -> tuple[tuple[int, ...], ...]:
+    """Groups of the reciprocal axes a*, b*, c* (0, 1, 2) whose lengths the lattice
+    symmetry ties: one relative scale per group keeps the crystal's symmetry.
+
+    Cubic (and rhombohedral axes): one group (the isotropic scale); tetragonal, hexagonal
+    and trigonal (hexagonal axes): a* = b* and c*; otherwise each axis alone (for
+    monoclinic and triclinic cells the axis lengths, not the angles).
+    """
+    system = crystal.get_space_group().crystal_system()
+    a, _, c = crystal.get_unit_cell().parameters()[:3]
+    if system == "Cubic" or (system == "Trigonal" and abs(a - c) < 1e-3 * a):
+        return ((0, 1, 2),)
+    if system in ("Tetragonal", "Hexagonal", "Trigonal"):
+        return ((0, 1), (2,))
+    return ((0,), (1,), (2,))
+
+
+def excitation_gradients(experiments, ids, table, axis_groups=((0, 1, 2),)):
+    """∂ε/∂θx, ∂ε/∂θy (Å⁻¹/rad) and ∂ε/∂δs_g (Å⁻¹) of each still's reflections.
 
     A rotation ω of the crystal moves q = A·h by ω×q, and ε = |q + s0| − |s0| changes
     by ŝ1·(ω×q).  Rotations about the beam (z) leave ε unchanged to first order and are
-    fixed by the spot positions, so only x and y are refined.  A relative scale δs of
-    the reciprocal cell (A → (1 + δs)·A) moves q by δs·q and ε by δs·ŝ1·q
-    = δs·λ/(2d²) on the sphere: the excitation error of a cell (or wavelength) that is
-    off by a fraction, which grows as 1/d² and which a mosaic spread cannot mimic
-    without widening every partiality.  On the real thaumatin grid stills of
-    ../shared/data the indexing left one of about 1 % (measured from the strong spots'
-    ε; a distance or wavelength error gives it once the cell is refined to the spots).
+    fixed by the spot positions, so only x and y are refined.  Relative scales δs_g of
+    the reciprocal axes of group g (:func:`cell_axis_groups`; A → A·diag(1 + δs), the
+    columns of A being a*, b*, c*) move q by δs_g·Σ_{j∈g} h_j·A_j and ε by ŝ1 of that.
+    For one group this is the isotropic scale, δε = δs·ŝ1·q = δs·λ/(2d²) on the sphere:
+    the excitation error of a cell (or wavelength) that is off by a fraction, which
+    grows as 1/d² and which a mosaic spread cannot mimic without widening every
+    partiality.  The axes apart hold what stills indexing leaves: on 60 simulated
+    orthorhombic stills indexed by dials.ssx_index the axis lengths were off by up to
+    0.8 % from each other, and the stills worst off were those whose partialities came
+    out wrong.  On the real thaumatin grid stills of ../shared/data the indexing left an
+    isotropic error of about 1 % (measured from the strong spots' ε).
     """
     hkl = to_numpy(table["miller_index"]).astype(float)
     a_mats = np.array([np.asarray(e.crystal.get_A()).reshape(3, 3) for e in experiments])
@@ -96,7 +117,9 @@ def excitation_gradients(experiments, ids, table):
     u1 = k / np.linalg.norm(k, axis=1)[:, None]
     rotations = tuple(np.einsum("ij,ij->i", u1, np.cross(axis, q))
                       for axis in (np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])))
-    return rotations + (np.einsum("ij,ij->i", u1, q),)
+    # ŝ1·A_j·h_j per axis j, summed over each group
+    per_axis = np.einsum("ni,nij,nj->nj", u1, a_mats[ids], hkl)
+    return rotations + tuple(per_axis[:, list(g)].sum(axis=1) for g in axis_groups)
 
 
 @dataclass
@@ -150,6 +173,18 @@ class Forward:
             s = s * self.partiality(x, eps)
         return s
 
+    def partiality_slope(self, x, eps) -> np.ndarray:
+        """∂log p/∂ε = −2ε/R0_eff² (Å) of the stills partiality p = exp(−ε²/R0_eff²)."""
+        layout = self.layout
+        r0_eff_sq = (np.exp(2.0 * x[layout.log_r0])
+                     + np.exp(2.0 * x[layout.log_eta]) * 4.0 * self.inv_4d2 + self.rbw_sq)
+        return -2.0 * eps / r0_eff_sq
+
+    def flank_lever(self, x, eps) -> np.ndarray:
+        """f = (∂log p/∂ε / d)² (dimensionless): Var(log p) per unit c² of an excitation
+        error σ_ε = c/d (:mod:`dials_factored.error_model`)."""
+        return self.partiality_slope(x, eps) ** 2 * 4.0 * self.inv_4d2
+
     def observed_scale(self, x) -> np.ndarray:
         """The scale with ε from x and qe/lp: counts per unit intensity as recorded."""
         return self.scale(x, self.excitation(x)) * self.attenuation
@@ -174,13 +209,45 @@ class Forward:
 
     def isf_variance(self, cov, isf) -> np.ndarray:
         """Var(G·exp(B/4d²)) per observation from the covariance of log G and B."""
+        return isf ** 2 * self.log_scale_variance(None, cov, with_partiality=False)
+
+    def log_scale_variance(self, x, cov, with_partiality: bool = True) -> np.ndarray:
+        """Var(log s) per observation, s = G·exp(B/4d²)·p, from the fit's covariance.
+
+        First order: Var(log s) = gᵀ C g, g = ∂log s/∂θ over the parameters θ of the
+        observation (the log G and B of its two scale nodes, with the interpolation
+        weights w: ∂/∂log G = w, ∂/∂B = w/4d²), and for stills ``with_partiality`` also
+        its still's δθx, δθy, δs_g and the global log R0, log η: log p = −ε²/R0_eff², so
+        ∂log p/∂ε = −2ε/R0_eff² times ∂ε/∂θ (:func:`excitation_gradients`).  C is the
+        fit's parameter covariance (N⁻¹ of the objective; ``cov[i, j]`` broadcast over
+        index arrays).  The estimation error of a still's orientation grows with |q|
+        and with |ε|/R0_eff: it is what makes the high-resolution and the tail-of-the-
+        partiality observations less certain than their counts say.  Dimensionless.
+        """
+        n = len(self.inv_4d2)
         if cov is None:
-            return np.zeros_like(isf)
-        layout, nodes, inv_4d2 = self.layout, self.nodes, self.inv_4d2
+            return np.zeros(n)
+        layout, nodes = self.layout, self.nodes
         lg = np.arange(layout.log_g.start, layout.log_g.stop)
         bb = np.arange(layout.b.start, layout.b.stop)
-        var = np.zeros_like(isf)
+        index, grad = [], []
         for wk, k in ((1 - nodes.w, nodes.k0), (nodes.w, nodes.k1)):
-            var += wk ** 2 * (cov[lg[k], lg[k]] + inv_4d2 ** 2 * cov[bb[k], bb[k]]
-                              + 2 * inv_4d2 * cov[lg[k], bb[k]])
-        return isf ** 2 * np.maximum(var, 0.0)
+            index += [lg[k], bb[k]]
+            grad += [wk, wk * self.inv_4d2]
+        if with_partiality and self.stills:
+            eps = self.excitation(x)
+            r0, eta = float(np.exp(x[layout.log_r0])), float(np.exp(x[layout.log_eta]))
+            _, dlog_r0, dlog_eta = stills_partiality(eps, r0, eta, 4.0 * self.inv_4d2,
+                                                    self.rbw_sq)
+            dlogp_deps = self.partiality_slope(x, eps)
+            for g, block in zip(self.deps, layout.per_still):
+                index.append(np.arange(block.start, block.stop)[nodes.k0])
+                grad.append(dlogp_deps * g)
+            index += [np.full(n, layout.log_r0), np.full(n, layout.log_eta)]
+            grad += [dlog_r0, dlog_eta]
+        var = np.zeros(n)
+        for a in range(len(index)):
+            for b in range(a, len(index)):
+                term = grad[a] * grad[b] * cov[index[a], index[b]]
+                var += term if a == b else 2.0 * term
+        return np.maximum(var, 0.0)

@@ -30,10 +30,11 @@ from dials_factored.cycles import (
     start_parameters,
 )
 from dials_factored.diagnostics import fit_warnings, per_still_table
-from dials_factored.error_model import fit_relative_error
+from dials_factored.error_model import fit_error_model
 from dials_factored.fit import Layout
 from dials_factored.forward import (
     Forward,
+    cell_axis_groups,
     excitation_gradients,
     rotation_geometry,
     spot_drift,
@@ -211,13 +212,16 @@ def _set_up_fit(experiments, params, refl: Reflections, symmetry, widths_init, r
     anisotropic = params.profile.anisotropic
     if anisotropic in (None, Auto):
         anisotropic = not stills  # see the parameter's help
+    axis_groups = (cell_axis_groups(experiments[0].crystal)
+                   if params.refinement.cell == "axes" else ((0, 1, 2),))
     layout = Layout(nodes.n_nodes, grid.n_bins, bool(anisotropic),
-                    n_orient=nodes.n_nodes if stills and params.refinement.orientation else 0)
+                    n_orient=nodes.n_nodes if stills and params.refinement.orientation else 0,
+                    cell_groups=axis_groups)
     forward = Forward(
         layout, nodes, grid, inv_4d2=1.0 / (4.0 * d ** 2),
         eps=to_numpy(table["excitation_error"]),
-        deps=(excitation_gradients(experiments, refl.ids, table) if stills
-              else (np.zeros(len(d)),) * 3),
+        deps=(excitation_gradients(experiments, refl.ids, table, axis_groups) if stills
+              else ()),
         rbw_sq=(bandwidth_sq(d, 1.0 / refl.s0_len, params.beam.bandwidth) if stills
                 else np.zeros(len(d))),
         attenuation=to_numpy(table["qe"]) / to_numpy(table["lp"]), area=refl.area,
@@ -259,12 +263,22 @@ def _final(experiments, params, refl: Reflections, store, owned, forward: Forwar
     eps_final = forward.excitation(x)
     final_scale = forward.scale(x, eps_final) * forward.attenuation
     template_coverage = final["coverage"]
-    b_rel = _relative_error(state.group, j, var_j, final_scale, state.informative & (
-        template_coverage >= params.output.min_profile_coverage))
-    logger.info("Error model: relative error b = %.4f (σ² = σ_counting² + (b·J_model)²)", b_rel)
-    var_j = var_j + (b_rel * state.j_expected) ** 2
+    # the fit's own parameter errors (scale, orientation, widths), propagated to each
+    # observation's scale·p, before the error model takes what is left
+    rel_scale_var = forward.log_scale_variance(x, state.cov)
+    logger.info("Parameter errors: relative σ of scale·p median %.4f, 90th percentile %.4f",
+                *np.sqrt(np.percentile(rel_scale_var, [50, 90])))
+    var_j = var_j + rel_scale_var * state.j_expected ** 2
+    p_model = forward.partiality(x, eps_final) if stills else None
+    flank = forward.flank_lever(x, eps_final) if stills else None
+    b_rel, c_eps = _error_model(state.group, j, var_j, final_scale, state.informative & (
+        template_coverage >= params.output.min_profile_coverage), flank, p_model)
+    logger.info("Error model: relative error b = %.4f, excitation error σ_ε = %.2e/d "
+                "(σ² = σ_counting² + (b² + (σ_ε·∂log p/∂ε)²)·J_model²)", b_rel, c_eps)
+    extra = b_rel ** 2 + (c_eps ** 2 * flank if stills else 0.0)
+    var_j = var_j + extra * state.j_expected ** 2
     gb = forward.scale(x, np.zeros_like(forward.eps))
-    p = (forward.partiality(x, eps_final) if stills
+    p = (p_model if stills
          else _recorded(experiments, refl.ids, store.boxes, final_widths))
     table = refl.table
     out = output_table(table, j, var_j, final["j_sum"], final["var_sum"], bg, final["n_fg"],
@@ -282,6 +296,7 @@ def _final(experiments, params, refl: Reflections, store, owned, forward: Forwar
     if coupling is not None:
         parameters["g_r1_coupling"] = coupling
     parameters["error_model_b"] = b_rel
+    parameters["error_model_excitation"] = c_eps
     diagnostics = {
         "z_term1": ((j - final_scale * state.i_ref) / np.sqrt(var_j))[np.isfinite(var_j)],
         "outliers_per_image": final["outliers_per_image"],
@@ -317,18 +332,21 @@ def _recorded(experiments, ids, boxes, widths: Widths) -> np.ndarray:
     return profile.recorded_fraction(widths.zc, widths.sz, lo, hi)
 
 
-def _relative_error(group, j, var_j, obs_scale, informative) -> float:
-    """The error model's b from the deviations of J/scale from their symmetry mates."""
+def _error_model(group, j, var_j, obs_scale, informative, flank, p) -> tuple[float, float]:
+    """The error model's b and c (:mod:`.error_model`) from the deviations of J/scale
+    from their symmetry mates (c = 0 for rotation data, ``flank`` and ``p`` None)."""
     scale = np.where(informative, obs_scale, 0.0)
     ref, var_ref, n_others = references.bootstrap(group, j, var_j, scale)
     ok = scale > 0
     safe = np.where(ok, scale, 1.0)
-    columns = (np.where(ok, j / safe, np.nan), var_j / safe ** 2, np.where(ok, ref, np.nan),
-               var_ref, n_others)
+    columns = [np.where(ok, j / safe, np.nan), var_j / safe ** 2, np.where(ok, ref, np.nan),
+               var_ref, n_others]
+    if flank is not None:
+        columns += [flank, p]
     if collective.world().size > 1:  # the robust fit needs every rank's observations
         use = ok & np.isfinite(ref)
         columns = [np.concatenate(c) for c in zip(*collective.world().allgather(
             [c[use] for c in columns]))]
-    return fit_relative_error(*columns)
+    return fit_error_model(*columns)
 
 

@@ -33,11 +33,12 @@ def _row_keys(table) -> np.ndarray:
 
 
 def apply_orientation_corrections(experiments, parameters, table=None) -> int:
-    """Correct each still's crystal by its fitted rotation and cell scale
-    (A → (1 + δs)·R(ω)·A); returns how many.
+    """Correct each still's crystal by its fitted rotation and reciprocal-axis scales
+    (A → R(ω)·A·diag(1 + δs_a*, 1 + δs_b*, 1 + δs_c*)); returns how many.
 
-    ω = (δθx, δθy, 0) in the lab frame and δs, as fitted by the stills post-refinement (to
-    first order ε moves by ŝ1·(ω×q) + δs·ŝ1·q, see ``_excitation_gradients``).  With
+    ω = (δθx, δθy, 0) in the lab frame and the δs, as fitted by the stills post-refinement
+    (to first order ε moves by ŝ1·(ω×q) + Σ_j δs_j·h_j·ŝ1·A_j, see
+    ``forward.excitation_gradients``).  With
     ``table`` (the output reflections) the predicted geometry of the corrected stills' rows
     is recomputed from the new A, so that table and experiments agree (see
     ``_repredict_stills``).
@@ -53,7 +54,8 @@ def apply_orientation_corrections(experiments, parameters, table=None) -> int:
             node["rotation_x_deg"], deg=True)
             * matrix.col((0.0, 1.0, 0.0)).axis_and_angle_as_r3_rotation_matrix(
             node["rotation_y_deg"], deg=True))
-        crystal.set_A((1.0 + node.get("cell_scale", 0.0)) * rot * matrix.sqr(crystal.get_A()))
+        axes = node.get("cell_axes", [node.get("cell_scale", 0.0)] * 3)
+        crystal.set_A(rot * matrix.sqr(crystal.get_A()) * matrix.diag([1.0 + v for v in axes]))
         rotated.append(node["experiment"])
     if table is not None and rotated and len(table):
         _repredict_stills(table, experiments, rotated)

@@ -94,11 +94,15 @@ def parameter_summary(x, layout, nodes, grid, stills, cov, experiments):
         "r1_b": np.exp(x[layout.log_r1b]).tolist(),
     }
     if layout.n_orient:
+        axes = np.zeros((layout.n_orient, 3))  # δs of a*, b*, c* per still
+        for block, group in zip(layout.cell_axes, layout.cell_groups):
+            axes[:, list(group)] = x[block][:, None]
         for node, tx, ty, ds in zip(summary["nodes"], x[layout.orient_x], x[layout.orient_y],
-                                    x[layout.cell_scale]):
+                                    axes):
             node["rotation_x_deg"] = float(np.degrees(tx))
             node["rotation_y_deg"] = float(np.degrees(ty))
-            node["cell_scale"] = float(ds)
+            node["cell_axes"] = ds.tolist()
+            node["cell_scale"] = float(ds.mean())
     if stills:
         summary["r0"] = float(np.exp(x[layout.log_r0]))
         summary["mosaic_deg"] = float(np.degrees(np.exp(x[layout.log_eta])))

@@ -143,6 +143,20 @@ def test_cc_half_and_z_from_unmerged_observations(truth, shells):
     assert all(s.z_rms == pytest.approx(1.0, abs=0.15) for s in score.shells)
 
 
+def test_z_does_not_count_the_absolute_b_as_an_error(truth, shells):
+    """An overall B of the observations against the truth is a gauge (mean B over the
+    stills), not a σ error: with k alone, z carried it as a bias growing with 1/d²."""
+    sigma, b_offset = 100.0, 2.0
+    observations = observations_of(truth, multiplicity=2, sigma=sigma, scale=1.0, seed=8)
+    s2 = 1 / (4 * observations.d_spacings().data().as_numpy_array() ** 2)
+    offset = observations.customized_copy(data=observations.data() * flex.double(
+        np.exp(-b_offset * s2)))
+    merged = offset.map_to_asu().merge_equivalents().array()
+    score = ev.score_merged(merged, truth, shells, unmerged=offset)
+    assert all(s.z_rms == pytest.approx(1.0, abs=0.15) for s in score.shells)
+    assert score.z["b_gauge"] == pytest.approx(b_offset, abs=0.2)
+
+
 def test_ideal_cc_predicts_the_cc_of_merged_noisy_observations(truth, shells):
     sigma, multiplicity = 1500.0, 3
     observations = observations_of(truth, multiplicity, sigma, seed=6)

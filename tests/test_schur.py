@@ -111,7 +111,8 @@ def stills_observations(rng, n_still=12, per=40, n_bins=3):
         sigma_a=np.full(n, 0.1 * r1 ** 2), sigma_b=np.full(n, 0.1 * r1 ** 2), area=area,
         window_a=np.full(n, 9 * r1 ** 2), window_b=np.full(n, 9 * r1 ** 2),
         b0=rng.integers(0, n_bins - 1, n), b1=None, u=rng.random(n),
-        deps_x=rng.normal(0, 0.3, n), deps_y=rng.normal(0, 0.3, n), deps_s=rng.normal(0, 0.2, n),
+        # two rotations and three reciprocal-axis scales (an orthorhombic cell)
+        deps=(rng.normal(0, 0.3, n), rng.normal(0, 0.3, n), *rng.normal(0, 0.2, (3, n))),
         width_pairs=(np.arange(n_bins - 1), np.arange(1, n_bins)),
     )
 
@@ -134,11 +135,11 @@ def test_jacobian_of_the_stills_target():
     rng = np.random.default_rng(5)
     obs = stills_observations(rng)
     obs.b1 = obs.b0 + 1
-    layout = Layout(12, 3, True, n_orient=12)
+    layout = Layout(12, 3, True, n_orient=12, cell_groups=((0,), (1,), (2,)))
     target = FactoredTarget(obs, layout, _priors())
     r, jac = target.evaluate(_x0(layout, rng))
     structure = layout.structure(obs.node_pairs)
-    assert structure.n_blocks == 12 and structure.k == 5
+    assert structure.n_blocks == 12 and structure.k == 7  # log G, B, δθx, δθy, δs_a*,b*,c*
     assert structure.n_global == 2 + 2 * 3
     normal = check(r, jac, structure)
     assert normal.u_loc.shape[2] == 2
@@ -178,7 +179,7 @@ def test_bytes_summed_per_iteration_do_not_depend_on_the_number_of_stills():
         rng = np.random.default_rng(7)
         obs = stills_observations(rng, n_still=n_still)
         obs.b1 = obs.b0 + 1
-        layout = Layout(n_still, 3, True, n_orient=n_still)
+        layout = Layout(n_still, 3, True, n_orient=n_still, cell_groups=((0,), (1,), (2,)))
         target = FactoredTarget(obs, layout, _priors())
         sent = []
         for n_it in (2, 4):

@@ -242,9 +242,17 @@ refinement {
   cell_scale_prior_sigma = 0.02
     .type = float(value_min=0)
     .help = "Stills: σ of the prior on each still's relative reciprocal-cell scale"
-            "correction δs (q → (1 + δs)·q), refined with the orientation through the"
+            "corrections δs (q → (1 + δs)·q), refined with the orientation through the"
             "partialities: a cell or wavelength off by a fraction shifts every excitation"
             "error by δs·λ/2d², which would otherwise be taken for mosaic spread."
+    .expert_level = 1
+  cell = *axes isotropic
+    .type = choice
+    .help = "Stills: the cell corrections refined per still. axes: one relative scale"
+            "per reciprocal axis that the lattice symmetry leaves free (a*, b*, c*"
+            "apart for orthorhombic, monoclinic and triclinic cells; a* = b* and c*"
+            "for tetragonal, trigonal and hexagonal; one for cubic), which takes up"
+            "the axis-length errors of stills indexing. isotropic: one scale."
     .expert_level = 1
   min_partiality = 0.1
     .type = float(value_min=0, value_max=1)
