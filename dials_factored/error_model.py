@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dials_factored.collective import group_sum, world
+
 #: Observations used for b: expected I/σ at least this (b matters only for these).
 MIN_I_OVER_SIGMA = 3.0
 #: Median of the χ² distribution with one degree of freedom.
@@ -56,10 +58,11 @@ def fit_relative_error(x, var_x, ref, var_ref, n_others) -> float:
     return fit_error_model(x, var_x, ref, var_ref, n_others)[0]
 
 
-def fit_error_model(x, var_x, ref, var_ref, n_others, flank=None,
+def fit_error_model(x, var_x, ref, var_ref, n_others, flank=None, flank_ref=None,
                     p=None) -> tuple[float, float]:
     """(b, c) ≥ 0 of the module docstring; c = 0 without ``flank`` (f per observation,
-    dimensionless) and ``p`` (the model partiality), as for rotation data."""
+    dimensionless), ``flank_ref`` (the mean f of the observations behind its reference,
+    :func:`others_mean`) and ``p`` (the model partiality), as for rotation data."""
     use = (np.isfinite(x) & np.isfinite(ref) & np.isfinite(var_x) & np.isfinite(var_ref)
            & (var_x > 0) & (var_ref > 0) & (n_others > 0))
     w_x = np.where(use, 1.0 / np.where(use, var_x, 1.0), 0.0)
@@ -73,12 +76,22 @@ def fit_error_model(x, var_x, ref, var_ref, n_others, flank=None,
     if flank is None or p is None:
         return _solve(delta2[use], base[use], lever[use]), 0.0
     peak, side = use & (p >= FLANK_P), use & (p < FLANK_P)
-    flank_lever = lever * np.where(use, flank, 0.0)
+    flank_lever = both ** 2 * np.where(use, flank + flank_ref / np.maximum(n_others, 1), 0.0)
     b = c = 0.0
     for _ in range(FLANK_ROUNDS):
         b = _solve(delta2[peak], base[peak] + c * c * flank_lever[peak], lever[peak])
         c = _solve(delta2[side], base[side] + b * b * lever[side], flank_lever[side])
     return b, c
+
+
+def others_mean(group, values, use) -> np.ndarray:
+    """Per observation, the mean of ``values`` over the other observations of its group
+    (reflection) that ``use`` selects, over all MPI ranks (0 where there are none)."""
+    n = int(world().max(int(group.max()) + 1 if len(group) else 0))
+    inside = use.astype(float)
+    total = group_sum(group, values * inside, n)[group] - values * inside
+    count = group_sum(group, inside, n)[group] - inside
+    return np.where(count > 0, total / np.maximum(count, 1.0), 0.0)
 
 
 def _solve(delta2, base, lever) -> float:

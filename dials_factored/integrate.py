@@ -30,7 +30,7 @@ from dials_factored.cycles import (
     start_parameters,
 )
 from dials_factored.diagnostics import fit_warnings, per_still_table
-from dials_factored.error_model import fit_error_model
+from dials_factored.error_model import fit_error_model, others_mean
 from dials_factored.fit import Layout
 from dials_factored.forward import (
     Forward,
@@ -342,7 +342,8 @@ def _error_model(group, j, var_j, obs_scale, informative, flank, p) -> tuple[flo
     columns = [np.where(ok, j / safe, np.nan), var_j / safe ** 2, np.where(ok, ref, np.nan),
                var_ref, n_others]
     if flank is not None:
-        columns += [flank, p]
+        # over the mates behind the reference: those with a scale (as in the bootstrap)
+        columns += [flank, others_mean(group, flank, ok), p]
     if collective.world().size > 1:  # the robust fit needs every rank's observations
         use = ok & np.isfinite(ref)
         columns = [np.concatenate(c) for c in zip(*collective.world().allgather(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dials_factored.error_model import fit_relative_error
+from dials_factored.error_model import fit_error_model, fit_relative_error, others_mean
 from dials_factored.reference import bootstrap
 
 
@@ -38,3 +38,34 @@ def test_an_outlier_does_not_inflate_b():
     x[:5] *= 50.0  # five wild observations (zingers on spots)
     ref, var_ref, n = bootstrap(np.repeat(np.arange(3000), 4), x, var, np.ones_like(x))
     assert fit_relative_error(x, var, ref, var_ref, n) < 0.01
+
+
+def _stills_observations(b_true: float, c_true: float, seed: int = 1):
+    """Stills-like: each observation with a partiality p = exp(−ε²/R²) whose ε carries an
+    error σ_ε = c/d, so its relative error is |∂log p/∂ε|·c/d (zero on the peak)."""
+    rng = np.random.default_rng(seed)
+    n_unique, mult, r_eff = 3000, 4, 6e-4
+    intensity = rng.exponential(2000.0, n_unique)
+    group = np.repeat(np.arange(n_unique), mult)
+    truth = intensity[group]
+    d = rng.uniform(1.8, 8.0, n_unique)[group]
+    eps = rng.uniform(-1.2, 1.2, truth.size) * r_eff
+    p = np.exp(-(eps / r_eff) ** 2)
+    slope = -2 * eps / r_eff ** 2
+    flank = (slope / d) ** 2
+    var_count = truth + 20.0
+    rel = rng.normal(0, b_true, truth.size) + slope * rng.normal(0, c_true / d)
+    x = truth * (1 + rel) + rng.normal(0, np.sqrt(var_count))
+    ref, var_ref, n_others = bootstrap(group, x, var_count, np.ones_like(x))
+    flank_ref = others_mean(group, flank, np.ones(group.size, bool))
+    return (x, var_count, ref, var_ref, n_others), (flank, flank_ref), p
+
+
+@pytest.mark.parametrize("b_true, c_true", [(0.02, 5e-5), (0.0, 1e-4), (0.03, 0.0)])
+def test_recovers_the_excitation_error_beside_b(b_true, c_true):
+    """b and c apart: c from the flanks of the partiality (p < 0.8), b near its peak;
+    one b alone would spread the flank error over every observation."""
+    columns, flank, p = _stills_observations(b_true, c_true)
+    b, c = fit_error_model(*columns, *flank, p)
+    assert b == pytest.approx(b_true, abs=0.15 * max(b_true, 0.02))
+    assert c == pytest.approx(c_true, abs=0.2 * max(c_true, 5e-5))
