@@ -35,6 +35,7 @@ from dials_factored.recut import (
     half_widths,
     short_boxes,
 )
+from dials_factored.reflections import R0_MARGIN
 from dials_factored.residuals.shape import observed_frame_moment, observed_moments
 
 logger = logging.getLogger(f"dials.{__name__}")
@@ -75,6 +76,8 @@ class FitState:
     ref_values: np.ndarray
     r1_init: float
     widths_init: tuple  # (R0, η) or, for rotation, (radial R0, σ_m) at the start
+    #: stills: the R0 whose R0_MARGIN multiple the prediction reached (reflections.reach_r0)
+    reach_r0: float | None = None
     obs: Observations | None = None
     cov: np.ndarray | None = None
     active: np.ndarray | None = None
@@ -157,12 +160,15 @@ class Cycles:
             short = _short_fraction(self.store.boxes, self.forward.widths(state.x),
                                     self.params, state, self.forward.rotation)
             step["short_boxes"] = short
-            if short > RECUT_FRACTION:
+            beyond = (state.reach_r0 is not None and float(np.exp(
+                state.x[self.forward.layout.log_r0])) > R0_MARGIN * state.reach_r0)
+            if short > RECUT_FRACTION or beyond:
                 if self.allow_recut:
                     return Recut.from_fit(state.x, self.forward.layout, self.forward.grid,
-                                          short, cycle + 1, state.r1_init)
+                                          short, cycle + 1, state.r1_init, beyond)
                 logger.warning("Warning: after cycle %d the fitted widths outgrow %.0f %% "
-                               "of the boxes (no re-cut left)", cycle + 1, 100 * short)
+                               "of the boxes%s (no re-cut left)", cycle + 1, 100 * short,
+                               " and R0 the prediction's reach" if beyond else "")
             tolerance = self.params.refinement.shift_tolerance
             # a cycle whose LM took no step (its first, damped step was too short) says
             # nothing about convergence: the next cycle's weights may move the optimum

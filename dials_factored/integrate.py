@@ -50,11 +50,13 @@ from dials_factored.passes import Store, Widths, cycle_pass, final_pass
 from dials_factored.pixel_store import PixelStore
 from dials_factored.recut import MAX_RECUTS, MIN_BACKGROUND_PIXELS, RECUT_FRACTION, Recut
 from dials_factored.reflections import (
+    R0_MARGIN,
     Reflections,
     agree,
     cut_boxes,
     plan_store,
     predict,
+    reach_r0,
     unwritten_pixels,
 )
 from dials_factored.shoeboxes import extract
@@ -105,9 +107,14 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
                 out.parameters["ambiguity"] = ambiguity_summary
             out.timings["total_with_recuts"] = time.time() - t_start
             return out
-        logger.info("Re-cutting the shoeboxes: after cycle %d the fitted widths outgrew "
-                    "%.0f %% of the boxes (more than %.0f %%); integrating again from "
-                    "the fitted widths", out.cycle, 100 * out.short, 100 * RECUT_FRACTION)
+        if out.reach:
+            logger.info("Predicting again: after cycle %d the fitted R0 = %.3g Å⁻¹ is beyond "
+                        "%.1f × the R0 the prediction reached; integrating again from the "
+                        "fitted widths", out.cycle, np.exp(out.log_r0), R0_MARGIN)
+        else:
+            logger.info("Re-cutting the shoeboxes: after cycle %d the fitted widths outgrew "
+                        "%.0f %% of the boxes (more than %.0f %%); integrating again from "
+                        "the fitted widths", out.cycle, 100 * out.short, 100 * RECUT_FRACTION)
         recuts.append(out)
 
 
@@ -120,7 +127,7 @@ def _integrate(experiments, strong, params, progress, start: Recut | None,
     t_start = time.time()
     stills = prediction.is_stills(experiments)
     world = collective.world()
-    table, r0 = predict(experiments, params, stills, world)
+    table, r0 = predict(experiments, params, stills, world, start)
     timings = {"predict": time.time() - t_start}
     logger.info("Predicted %d reflections on %d experiments (%s)",
                 world.sum(len(table)) if stills else len(table),
@@ -236,7 +243,7 @@ def _set_up_fit(experiments, params, refl: Reflections, symmetry, widths_init, r
     x = start_parameters(layout, grid, widths_init, r1_init, start)
     priors = make_priors(params, widths_init, r1_init, stills, ext_ref is not None)
     state = FitState(x, priors, global_groups(asu), anomalous, ref_values, r1_init,
-                     widths_init)
+                     widths_init, reach_r0(widths_init[0], start) if stills else None)
     return forward, ext_ref, state
 
 

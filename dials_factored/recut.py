@@ -59,7 +59,9 @@ class Recut:
     ``nodes`` (1/d², Å⁻²) and ``log_r1a``/``log_r1b`` are the fitted R1(d) nodes;
     ``log_r0`` and ``log_eta`` the global widths in those slots of the parameter vector
     (rotation: radial R0 in Å⁻¹ and σ_m in rad).  ``short`` is the fraction of short
-    boxes that triggered it, after ``cycle`` cycles; ``r1_init`` the initial R1.
+    boxes, after ``cycle`` cycles; ``r1_init`` the initial R1.  ``reach`` is True when
+    what triggered it is a stills R0 fitted beyond the prediction's reach
+    (``reflections.reach_r0``): reflections with a real partiality were never predicted.
     """
 
     nodes: list
@@ -70,12 +72,15 @@ class Recut:
     short: float
     cycle: int
     r1_init: float
+    reach: bool = False
 
     @classmethod
-    def from_fit(cls, x, layout, grid, short: float, cycle: int, r1_init: float) -> Recut:
+    def from_fit(cls, x, layout, grid, short: float, cycle: int, r1_init: float,
+                 reach: bool = False) -> Recut:
         return cls(list(map(float, grid.s2_nodes)), x[layout.log_r1a].tolist(),
                    x[layout.log_r1b].tolist(), float(x[layout.log_r0]),
-                   float(x[layout.log_eta]), float(short), int(cycle), float(r1_init))
+                   float(x[layout.log_eta]), float(short), int(cycle), float(r1_init),
+                   bool(reach))
 
     def _interp(self, s2: np.ndarray, log_r: list) -> np.ndarray:
         return np.interp(s2, self.nodes, log_r) if len(self.nodes) > 1 else np.full(

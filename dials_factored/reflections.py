@@ -154,29 +154,36 @@ def initial_r0(experiments, params) -> float:
     return 1.0 / float(np.median(sizes)) if sizes else DEFAULT_R0
 
 
-def predict(experiments, params, stills: bool, world):
+def reach_r0(r0_init: float, start: Recut | None) -> float:
+    """The R0 (Å⁻¹) whose ``R0_MARGIN`` multiple the stills prediction reaches: the
+    initial R0, or a larger one fitted before a re-cut (``start``)."""
+    return max(r0_init, float(np.exp(start.log_r0))) if start is not None else r0_init
+
+
+def predict(experiments, params, stills: bool, world, start: Recut | None = None):
     """The reflections predicted on the detector, and the stills' initial R0 (else None).
 
     Stills are kept within ``prediction.excitation_cutoff`` × R0_eff, with R0 =
-    ``R0_MARGIN`` × its initial value and the bandwidth's width of each reflection."""
+    ``R0_MARGIN`` × :func:`reach_r0` and the bandwidth's width of each reflection."""
     wavelength0 = np.array([e.beam.get_wavelength() for e in experiments])
     r0, max_eps = None, 0.0
     if stills:
         r0 = initial_r0(experiments, params)
+        reach = reach_r0(r0, start)
         d_floor = params.d_min or min(prediction.detector_d_min(e) for e in experiments)
         max_rbw = bandwidth_sq(np.array([d_floor]), wavelength0.max(), params.beam.bandwidth)[0]
         max_eps = params.prediction.excitation_cutoff * np.sqrt(
-            (R0_MARGIN * r0) ** 2 + max_rbw)
+            (R0_MARGIN * reach) ** 2 + max_rbw)
     share = _stills_share(experiments, world) if stills else None
     table = prediction.predict(experiments, params.d_min, max_eps, subset=share)
     if stills and len(table):
         # the bandwidth term grows as 1/d⁴: apply the cutoff per reflection
         d_all = to_numpy(table["d"])
         s0_all = 1.0 / wavelength0[to_numpy(table["id"]).astype(int)]
-        reach = params.prediction.excitation_cutoff * np.sqrt(
-            (R0_MARGIN * r0) ** 2 + bandwidth_sq(d_all, 1.0 / s0_all, params.beam.bandwidth))
+        within = params.prediction.excitation_cutoff * np.sqrt(
+            (R0_MARGIN * reach) ** 2 + bandwidth_sq(d_all, 1.0 / s0_all, params.beam.bandwidth))
         table = table.select(flex.bool(
-            (np.abs(to_numpy(table["excitation_error"])) < reach).tolist()))
+            (np.abs(to_numpy(table["excitation_error"])) < within).tolist()))
     agree(world, None if len(table) else
            "no reflections are predicted on the detector for these experiments"
            + (f" (MPI rank {world.rank})" if world.size > 1 else ""))
