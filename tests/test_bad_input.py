@@ -409,10 +409,14 @@ def test_ctrl_c_leaves_no_output_and_no_temporary_file(data):
     scratch = data.root / "scratch"
     scratch.mkdir()
     before = snapshot(data.root)
+    # the child starts with Ctrl-C at its default (a runner started in the background of
+    # a shell ignores SIGINT, the child inherits that, and Python then never raises
+    # KeyboardInterrupt: the run finished with exit 0)
     proc = subprocess.Popen(
         [sys.executable, "-m", MODULE, data.expt, data.refl, "refinement.n_cycles=50",
          f"output.scratch={scratch}"], cwd=data.out, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+        stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:
         if line.startswith("Cycle 1:"):
             proc.send_signal(signal.SIGINT)
