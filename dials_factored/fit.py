@@ -20,7 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dials_factored.collective import world
-from dials_factored.model.partiality import rotation_sigma_z, stills_partiality
+from dials_factored.model.partiality import (
+    rotation_sigma_z,
+    stills_log_slope,
+    stills_partiality,
+)
 from dials_factored.reference import merged
 from dials_factored.residuals.shape import binned_frame_moment, truncation
 from dials_factored.schur import Structure
@@ -247,12 +251,10 @@ class FactoredTarget:
         gb = np.exp(lg + bb * o.inv_4d2)
         if o.stills:
             eps = self.excitation(x)
-            p, dlogp_r0, dlogp_eta = stills_partiality(
-                eps, float(np.exp(x[lay.log_r0])), float(np.exp(x[lay.log_eta])),
-                4.0 * o.inv_4d2, o.rbw_sq)
-            r_sq = (np.exp(2 * x[lay.log_r0]) + np.exp(2 * x[lay.log_eta]) * 4.0 * o.inv_4d2
-                    + o.rbw_sq)
-            self._dlogp_deps = -2.0 * eps / r_sq
+            widths = (eps, float(np.exp(x[lay.log_r0])), float(np.exp(x[lay.log_eta])),
+                      4.0 * o.inv_4d2, o.rbw_sq)
+            p, dlogp_r0, dlogp_eta = stills_partiality(*widths)
+            self._dlogp_deps = stills_log_slope(*widths)
         else:
             p = np.ones_like(gb)
             dlogp_r0 = dlogp_eta = np.zeros_like(gb)

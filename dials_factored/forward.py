@@ -18,7 +18,11 @@ import numpy as np
 from dials_factored import profile
 from dials_factored.arrays import to_numpy
 from dials_factored.fit import Layout, corrected_excitation
-from dials_factored.model.partiality import rotation_sigma_z, stills_partiality
+from dials_factored.model.partiality import (
+    rotation_sigma_z,
+    stills_log_slope,
+    stills_partiality,
+)
 from dials_factored.passes import Widths
 from dials_factored.shoeboxes import spot_frames
 
@@ -158,10 +162,7 @@ class Forward:
 
     def partiality(self, x, eps) -> np.ndarray:
         """Stills partiality p of every reflection with the current R0 and η."""
-        layout = self.layout
-        return stills_partiality(eps, float(np.exp(x[layout.log_r0])),
-                                 float(np.exp(x[layout.log_eta])), 4.0 * self.inv_4d2,
-                                 self.rbw_sq)[0]
+        return stills_partiality(*self._partiality_widths(x, eps))[0]
 
     def scale(self, x, eps) -> np.ndarray:
         """G·exp(B/4d²)·p per observation (counts per unit intensity before lp, qe)."""
@@ -173,17 +174,16 @@ class Forward:
             s = s * self.partiality(x, eps)
         return s
 
-    def partiality_slope(self, x, eps) -> np.ndarray:
-        """∂log p/∂ε = −2ε/R0_eff² (Å) of the stills partiality p = exp(−ε²/R0_eff²)."""
+    def _partiality_widths(self, x, eps) -> tuple:
+        """The arguments of the stills partiality functions for ``x`` and ``eps``."""
         layout = self.layout
-        r0_eff_sq = (np.exp(2.0 * x[layout.log_r0])
-                     + np.exp(2.0 * x[layout.log_eta]) * 4.0 * self.inv_4d2 + self.rbw_sq)
-        return -2.0 * eps / r0_eff_sq
+        return (eps, float(np.exp(x[layout.log_r0])), float(np.exp(x[layout.log_eta])),
+                4.0 * self.inv_4d2, self.rbw_sq)
 
     def flank_lever(self, x, eps) -> np.ndarray:
         """f = (∂log p/∂ε / d)² (dimensionless): Var(log p) per unit c² of an excitation
         error σ_ε = c/d (:mod:`dials_factored.error_model`)."""
-        return self.partiality_slope(x, eps) ** 2 * 4.0 * self.inv_4d2
+        return stills_log_slope(*self._partiality_widths(x, eps)) ** 2 * 4.0 * self.inv_4d2
 
     def observed_scale(self, x) -> np.ndarray:
         """The scale with ε from x and qe/lp: counts per unit intensity as recorded."""
@@ -209,15 +209,15 @@ class Forward:
 
     def isf_variance(self, cov, isf) -> np.ndarray:
         """Var(G·exp(B/4d²)) per observation from the covariance of log G and B."""
-        return isf ** 2 * self.log_scale_variance(None, cov, with_partiality=False)
+        return isf ** 2 * self.log_scale_variance(None, None, cov)
 
-    def log_scale_variance(self, x, cov, with_partiality: bool = True) -> np.ndarray:
+    def log_scale_variance(self, x, eps, cov) -> np.ndarray:
         """Var(log s) per observation, s = G·exp(B/4d²)·p, from the fit's covariance.
 
         First order: Var(log s) = gᵀ C g, g = ∂log s/∂θ over the parameters θ of the
         observation (the log G and B of its two scale nodes, with the interpolation
-        weights w: ∂/∂log G = w, ∂/∂B = w/4d²), and for stills ``with_partiality`` also
-        its still's δθx, δθy, δs_g and the global log R0, log η: log p = −ε²/R0_eff², so
+        weights w: ∂/∂log G = w, ∂/∂B = w/4d²), and for stills given ``x`` and their ε
+        also its still's δθx, δθy, δs_g and the global log R0, log η: log p = −ε²/R0_eff², so
         ∂log p/∂ε = −2ε/R0_eff² times ∂ε/∂θ (:func:`excitation_gradients`).  C is the
         fit's parameter covariance (N⁻¹ of the objective; ``cov[i, j]`` broadcast over
         index arrays).  The estimation error of a still's orientation grows with |q|
@@ -234,12 +234,10 @@ class Forward:
         for wk, k in ((1 - nodes.w, nodes.k0), (nodes.w, nodes.k1)):
             index += [lg[k], bb[k]]
             grad += [wk, wk * self.inv_4d2]
-        if with_partiality and self.stills:
-            eps = self.excitation(x)
-            r0, eta = float(np.exp(x[layout.log_r0])), float(np.exp(x[layout.log_eta]))
-            _, dlog_r0, dlog_eta = stills_partiality(eps, r0, eta, 4.0 * self.inv_4d2,
-                                                    self.rbw_sq)
-            dlogp_deps = self.partiality_slope(x, eps)
+        if x is not None and self.stills:
+            widths = self._partiality_widths(x, eps)
+            _, dlog_r0, dlog_eta = stills_partiality(*widths)
+            dlogp_deps = stills_log_slope(*widths)
             for g, block in zip(self.deps, layout.per_still):
                 index.append(np.arange(block.start, block.stop)[nodes.k0])
                 grad.append(dlogp_deps * g)

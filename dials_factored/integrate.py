@@ -272,7 +272,7 @@ def _final(experiments, params, refl: Reflections, store, owned, forward: Forwar
     template_coverage = final["coverage"]
     # the fit's own parameter errors (scale, orientation, widths), propagated to each
     # observation's scale·p, before the error model takes what is left
-    rel_scale_var = forward.log_scale_variance(x, state.cov)
+    rel_scale_var = forward.log_scale_variance(x, eps_final, state.cov)
     logger.info("Parameter errors: relative σ of scale·p median %.4f, 90th percentile %.4f",
                 *np.sqrt(np.percentile(rel_scale_var, [50, 90])))
     var_j = var_j + rel_scale_var * state.j_expected ** 2

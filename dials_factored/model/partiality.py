@@ -76,6 +76,12 @@ def stills_partiality(eps: np.ndarray, r0: float, eta: float, inv_d2: np.ndarray
     return p, common * r0 ** 2, common * mosaic_sq
 
 
+def stills_log_slope(eps: np.ndarray, r0: float, eta: float, inv_d2: np.ndarray,
+                     rbw_sq: np.ndarray) -> np.ndarray:
+    """∂log p/∂ε = −2ε/R0_eff² (Å) of :func:`stills_partiality` (same units)."""
+    return -2.0 * eps / (r0 ** 2 + eta ** 2 * inv_d2 + rbw_sq)
+
+
 
 
 def stills_lorentz(r0: float, eta: float, inv_d2: np.ndarray,
