@@ -46,6 +46,7 @@ from dials_factored.model.partiality import bandwidth_sq
 from dials_factored.model.scale import build_nodes
 from dials_factored.model.width import build_grid
 from dials_factored.output_table import output_table, parameter_summary
+from dials_factored.parallel import one_blas_thread
 from dials_factored.passes import Store, Widths, cycle_pass, final_pass
 from dials_factored.pixel_store import PixelStore
 from dials_factored.recut import MAX_RECUTS, MIN_BACKGROUND_PIXELS, RECUT_FRACTION, Recut
@@ -93,6 +94,12 @@ def run_factored(experiments, strong, params, progress=None) -> Result:
     starts again with boxes cut from the fitted widths (``dials_factored.recut``), at
     most ``MAX_RECUTS`` times; ``parameters["box_recuts"]`` lists each re-cut.
     """
+    with one_blas_thread():
+        return _integrate_with_recuts(experiments, strong, params, progress)
+
+
+def _integrate_with_recuts(experiments, strong, params, progress) -> Result:
+    """:func:`run_factored` (the caller limits BLAS to one thread)."""
     t_start = time.time()
     ambiguity_summary = _resolve_ambiguity(experiments, strong, symmetry_of(experiments),
                                            params)
