@@ -201,9 +201,11 @@ refinement {
             "held), and d log G / d log R1 is reported per node (median and max |·|)."
             "Costs two extra passes over the pixels and two minimisations."
     .expert_level = 2
-  max_iterations = 30
+  max_iterations = 100
     .type = int(value_min=1)
-    .help = "Levenberg-Marquardt iterations per cycle."
+    .help = "Levenberg-Marquardt iterations per cycle (an LM step costs about 4 ms per"
+            "100 stills). Simulated stills converge in 10-90; the real thaumatin stills"
+            "need 25-160, and stopping them at 30 cost 0.012 in CC½."
     .expert_level = 1
   orientation = True
     .type = bool
