@@ -145,7 +145,8 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict | None:
         return anomalous.run_both(anomalous.Settings(
             workdir=args.workdir / "anomalous", n_images=args.anomalous, nproc=args.nproc))
     if mode == "scale":
-        return scale.run(args.scale_sizes, args.workdir / "scale")
+        return scale.run(args.scale_sizes, args.workdir / "scale", ranks=args.ranks,
+                         mpirun=args.mpirun)
     if mode == "real":
         return real.run(args.data, args.workdir, nproc=args.nproc, n_shells=args.shells,
                         names=args.real_sets)

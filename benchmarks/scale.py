@@ -10,6 +10,8 @@ the time): each crystal rotated about a random axis by a Gaussian angle of
 N, wall time, time per still, peak resident memory of the process tree (psutil, MiB),
 LM iterations (per cycle), the first outer cycle's seconds, the bytes each LM iteration
 sums over ranks, and the CC to truth of the merged intensities (overall and by shell).
+With ``--ranks 1,2`` the largest N is also run under ``mpirun -n R`` (``mp.method=mpi``,
+``nproc=1`` per rank) for each R, and the speed-up over one rank is printed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import time
 from pathlib import Path
 
@@ -90,18 +93,26 @@ def cc_to_truth(sim: Path, run_dir: Path, n_shells: int = 10) -> dict:
             "z_rms": score.overall.z_rms}
 
 
-def integrate(sim: Path, n: int, workdir: Path, extra: list[str]) -> dict:
-    """dials.factored_integrate on the first ``n`` perturbed stills, measured."""
-    run_dir = workdir / f"n{n}"
+def integrate(sim: Path, n: int, workdir: Path, extra: list[str], ranks: int = 0,
+              mpirun: str = "mpirun -n {ranks}") -> dict:
+    """dials.factored_integrate on the first ``n`` perturbed stills, measured (under
+    ``mpirun`` with ``ranks`` ranks when ``ranks`` > 0)."""
+    run_dir = workdir / (f"n{n}" if not ranks else f"n{n}_ranks{ranks}")
     models = perturbed_models(sim, n, run_dir / "models.expt")
-    run = dp.run_program("dials.factored_integrate", [str(models), "nproc=1", *extra],
-                         run_dir, expect=["factored.refl", "factored_parameters.json"])
+    args, launcher = [str(models), "nproc=1", *extra], []
+    if ranks:
+        args.append("mp.method=mpi")
+        launcher = shlex.split(mpirun.format(ranks=ranks))
+    run = dp.run_program("dials.factored_integrate", args, run_dir,
+                         expect=["factored.refl", "factored_parameters.json"],
+                         launcher=launcher)
     history = json.loads((run_dir / "factored_parameters.json").read_text())["history"]
     log = (run_dir / "dials.factored_integrate.log").read_text()
     sent = [float(v) for v in re.findall(r"([\d.e+]+) bytes summed over ranks", log)]
     normal = [int(v) for v in re.findall(r"(\d+) of them the normal equations", log)]
     row = {
         "n_stills": n,
+        "ranks": ranks,
         "wall_time_s": run.wall_time,
         "time_per_still_s": run.wall_time / n,
         "peak_rss_mb": run.peak_rss_mb,
@@ -179,17 +190,33 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(sizes: list[int], workdir: Path, extra: list[str] = ()) -> dict:
-    """Simulate once, integrate every size; the results (``report`` is the table)."""
+def mpi_table(rows: list[dict]) -> str:
+    """The Markdown table of the MPI runs (speed-up over the one-rank run)."""
+    lines = ["| N | ranks | wall (s) | speed-up | peak PSS (MiB) | bytes/LM iteration |",
+             "|---|---|---|---|---|---|"]
+    base = rows[0]["wall_time_s"]
+    for r in rows:
+        lines.append(f"| {r['n_stills']} | {r['ranks']} | {r['wall_time_s']:.1f} "
+                     f"| {base / r['wall_time_s']:.2f} | {r['peak_rss_mb']:.0f} "
+                     f"| {max(r['bytes_summed_per_lm_iteration'], default=0):.0f} |")
+    return "\n".join(lines)
+
+
+def run(sizes: list[int], workdir: Path, extra: list[str] = (), ranks: list[int] = (),
+        mpirun: str = "mpirun -n {ranks}") -> dict:
+    """Simulate once, integrate every size (and the largest under MPI with each number of
+    ``ranks``); the results (``report`` is the table)."""
     t0 = time.time()
     sim = simulate(workdir, max(sizes))
     rows = [integrate(sim, n, workdir, list(extra)) for n in sorted(sizes)]
+    mpi_rows = [integrate(sim, max(sizes), workdir, list(extra), r, mpirun) for r in ranks]
     truth = json.loads((sim / "truth" / "truth.json").read_text())["parameters"]
     return {"mode": "scale", "simulation": {k: truth[k] for k in (
                 "seed", "n_images", "d_min", "detector_size")},
             "start_models": f"simulator truth perturbed: {ORIENT_ERROR_DEG}° rms per axis, "
                             f"cell {CELL_ERROR:g} rms",
-            "integrate_args": ["nproc=1", *extra], "runs": rows, "report": table(rows),
+            "integrate_args": ["nproc=1", *extra], "runs": rows, "mpi_runs": mpi_rows,
+            "report": table(rows) + ("\n\n" + mpi_table(mpi_rows) if mpi_rows else ""),
             "environment": rp.environment(),
             "wall_time_s": time.time() - t0}
 
@@ -203,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=rp.REPO / "benchmarks" / "results")
     p.add_argument("--lm-only", action="store_true",
                    help="time fit.minimise alone on synthetic stills of these sizes")
+    p.add_argument("--ranks", default="", help="MPI ranks to run the largest N with, e.g. 1,2")
+    p.add_argument("--mpirun", default="mpirun -n {ranks}",
+                   help="the MPI launcher, {ranks} replaced (default %(default)r)")
     p.add_argument("extra", nargs="*", help="extra dials.factored_integrate parameters")
     args = p.parse_args(argv)
     if args.lm_only:
@@ -211,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
                                  "environment": rp.environment()}, args.results, "scale-lm")
         rp.progress(f"scale-lm: results in {path}")
         return 0
-    results = run([int(s) for s in args.sizes.split(",")], args.workdir, args.extra)
+    ranks = [int(r) for r in args.ranks.split(",") if r]
+    results = run([int(s) for s in args.sizes.split(",")], args.workdir, args.extra, ranks,
+                  args.mpirun)
     path = rp.write_results(results, args.results, "scale")
     print(results["report"])
     rp.progress(f"scale: results in {path}")
