@@ -203,7 +203,7 @@ refinement {
     .expert_level = 2
   max_iterations = 100
     .type = int(value_min=1)
-    .help = "Levenberg-Marquardt iterations per cycle (an LM step costs about 4 ms per"
+    .help = "Levenberg-Marquardt iterations per cycle (an LM step costs about 15 ms per"
             "100 stills). Simulated stills converge in 10-90; the real thaumatin stills"
             "need 25-160, and stopping them at 30 cost 0.012 in CC½."
     .expert_level = 1
