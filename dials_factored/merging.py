@@ -11,8 +11,16 @@ from dials_factored.collective import world
 
 
 def symmetry_of(experiments) -> crystal.symmetry:
-    """The crystal symmetry shared by all experiments (error if space groups differ)."""
-    groups = {e.crystal.get_space_group().type().lookup_symbol() for e in experiments}
+    """The crystal symmetry shared by all experiments (error if space groups differ).
+
+    The distinct groups are found by comparing the groups themselves (a few µs each);
+    only those are named (``type()``, about 0.7 ms each: 2 s for 3,000 stills)."""
+    distinct = []
+    for expt in experiments:
+        group = expt.crystal.get_space_group()
+        if not any(group == seen for seen in distinct):
+            distinct.append(group)
+    groups = {group.type().lookup_symbol() for group in distinct}
     if len(groups) != 1:
         raise ValueError(f"experiments have different space groups: {sorted(groups)}")
     first = experiments[0].crystal

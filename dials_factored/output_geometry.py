@@ -17,7 +17,7 @@ def add_observed_geometry(table, experiments, strong) -> None:
     that were strong spots used in refinement; the flags are copied from the input
     table's rows with the same experiment and Miller index.
     """
-    table.centroid_px_to_mm(experiments)
+    centroids_px_to_mm(table, experiments)
     if strong is None or len(strong) == 0 or "miller_index" not in strong:
         return
     key = _row_keys(table)
@@ -26,6 +26,38 @@ def add_observed_geometry(table, experiments, strong) -> None:
         if len(flagged):
             hit = np.isin(key, _row_keys(flagged))
             table.set_flags(flex.bool(hit.tolist()), flag)
+
+
+def centroids_px_to_mm(table, experiments) -> None:
+    """``xyzobs.mm.value``/``variance`` from ``xyzobs.px.*``: DIALS's
+    ``reflection_table.centroid_px_to_mm`` (each panel's ``centroid_px_to_mm_panel``:
+    pixels → mm with the panel's parallax correction, frames → radians with the scan),
+    for the rows of each experiment and panel found by one sort.  DIALS's own selects
+    over the whole table once per experiment, O(N_experiments · N_rows): 13 % of a
+    3,000-still run.  A missing ``xyzobs.px.variance`` is taken as (1, 1, 1), as DIALS
+    does.
+    """
+    from dials.algorithms.centroid import centroid_px_to_mm_panel
+
+    n = len(table)
+    table["xyzobs.mm.value"] = flex.vec3_double(n)
+    table["xyzobs.mm.variance"] = flex.vec3_double(n)
+    if "xyzobs.px.variance" not in table:
+        table["xyzobs.px.variance"] = flex.vec3_double(n, (1, 1, 1))
+    ids, panels = to_numpy(table["id"]).astype(np.int64), to_numpy(table["panel"]).astype(np.int64)
+    order = np.lexsort((panels, ids))
+    change = np.flatnonzero((np.diff(ids[order]) != 0) | (np.diff(panels[order]) != 0)) + 1
+    px, px_var = table["xyzobs.px.value"], table["xyzobs.px.variance"]
+    for rows in np.split(order, change):
+        if not len(rows):
+            continue
+        expt = experiments[int(ids[rows[0]])]
+        sel = flex.size_t(rows.astype(np.uint64))
+        position, variance, _ = centroid_px_to_mm_panel(
+            expt.detector[int(panels[rows[0]])], expt.scan, px.select(sel), px_var.select(sel),
+            flex.vec3_double(len(rows), (1, 1, 1)))
+        table["xyzobs.mm.value"].set_selected(sel, position)
+        table["xyzobs.mm.variance"].set_selected(sel, variance)
 
 
 def _row_keys(table) -> np.ndarray:
