@@ -133,7 +133,8 @@ def lm_cpu(sizes: list[int], per: int = 100, n_iterations: int = 5) -> list[dict
     covariance) on synthetic stills of ``per`` reflections (random statistics with the
     fit's structure: 5 parameters per still, 5 R1 nodes, gauge priors): the cost of the
     linear algebra and the Jacobian against N, without image passes or load noise."""
-    from dials_factored.fit import FactoredTarget, Layout, Observations, Priors, minimise
+    from dials_factored.fit import FactoredTarget, Observations, Priors, minimise
+    from dials_factored.layout import Layout
 
     rows = []
     for n_still in sorted(sizes):

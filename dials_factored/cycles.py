@@ -19,11 +19,11 @@ import numpy as np
 
 from dials_factored import collective
 from dials_factored import reference as references
-from dials_factored.arrays import miller_keys, to_numpy
 from dials_factored.diagnostics import WIDTH_FACTOR, PriorCheck, implausible_widths
+from dials_factored.expected_amplitude import expected, model_or_prior
 from dials_factored.fit import FactoredTarget, Observations, Priors, minimise
 from dials_factored.forward import Forward
-from dials_factored.merging import asu_groups, global_groups
+from dials_factored.merging import anomalous_from_data
 from dials_factored.model.partiality import rotation_sigma_z
 from dials_factored.passes import cycle_pass
 from dials_factored.recut import (
@@ -40,8 +40,6 @@ from dials_factored.residuals.shape import observed_frame_moment, observed_momen
 
 logger = logging.getLogger(f"dials.{__name__}")
 
-#: Data this many σ above the model widen the model-expected variance (see ``expected``).
-GROSS_EXCESS = 3.0
 #: Stills: reflections are dropped after the first cycle when their partiality is below
 #: ``prediction.partiality_floor`` even with R0_eff this many times the fitted one.
 PRUNE_WIDEN = 1.25
@@ -369,57 +367,3 @@ def _short_fraction(boxes, widths, params, state: FitState, rotation) -> float:
     if state.active is not None:
         short = short[state.active]
     return world.sum(int(short.sum())) / max(world.sum(len(short)), 1)
-
-
-def expected(j_model: np.ndarray, j: np.ndarray, var_j: np.ndarray) -> np.ndarray:
-    """The amplitude behind the model-expected variance v = Bg + Ĵ·P.
-
-    Ĵ = J_model, except where the data exceed the model grossly (J more than
-    ``GROSS_EXCESS`` σ above it): there Ĵ = J − GROSS_EXCESS·σ, so that a model that is
-    badly wrong for a reflection (early cycles, a wrong scale) cannot give it a tiny
-    variance and an enormous weight.  Data *below* the model keep the model's
-    variance (a strong expected reflection observed absent is penalised, seed §3).
-    Where there is no model (no I_ref), J itself.  Negative values count as zero.
-    """
-    observed_floor = j - GROSS_EXCESS * np.sqrt(np.maximum(var_j, 0.0) + np.maximum(j, 0.0))
-    amplitude = np.where(np.isfinite(j_model), np.maximum(j_model, observed_floor), j)
-    return np.maximum(amplitude, 0.0)
-
-
-def model_or_prior(obs_scale, i_ref, j, inv_4d2, group, informative):
-    """J_model = scale·I_ref where other informative observations of the reflection
-    exist; else (no I_ref, or an I_ref that is the observation's own J/scale) the
-    posterior mean of the amplitude under the Wilson prior of its resolution
-    (``reference.posterior_amplitude``): a reference made of the observation alone
-    carries no information about it, and the variance at its own J is too small when
-    the J came out low."""
-    n = int(collective.world().max(int(group.max()) + 1 if len(group) else 0))
-    others = collective.group_sum(group, informative.astype(float), n)[group] - informative
-    alone = np.isfinite(i_ref) & (others < 0.5)
-    shared = np.where(alone, np.nan, i_ref)
-    prior = obs_scale * references.with_shell_means(shared, 4 * inv_4d2)
-    return np.where(np.isfinite(shared), obs_scale * shared,
-                    references.posterior_amplitude(j, prior))
-
-
-def anomalous_from_data(table, symmetry, group, j, var_j, obs_scale):
-    """anomalous=auto without an anomalous reference: after the first cycle, keep Bijvoet
-    mates apart from now on if the data carry a significant anomalous signal (CC_ano½ of
-    J/scale above 3/√n over n ≥ 100 Bijvoet pairs; under MPI the ranks' values are
-    averaged, weighted by n).  Returns (anomalous, group)."""
-    from dials_factored.statistics import anomalous_signal
-
-    world = collective.world()
-    ok = (obs_scale > 0) & np.isfinite(j) & np.isfinite(var_j)
-    plus = miller_keys(to_numpy(asu_groups(table["miller_index"], symmetry, True)[0])) == \
-        miller_keys(to_numpy(asu_groups(table["miller_index"], symmetry, False)[0]))
-    cc, n = anomalous_signal(group[ok], plus[ok], j[ok] / obs_scale[ok])
-    n_all = world.sum(int(n))
-    cc = world.sum(float(np.nan_to_num(cc) * n)) / max(n_all, 1)
-    significant = n_all >= 100 and cc > 3 / np.sqrt(n_all)
-    logger.info("Anomalous signal after cycle 1: CC_ano½ = %.3f over %d Bijvoet pairs: "
-                "Bijvoet mates %s", cc, n_all,
-                "kept apart from now on (anomalous=auto)" if significant else "stay merged")
-    if not significant:
-        return False, group
-    return True, global_groups(asu_groups(table["miller_index"], symmetry, True)[0])

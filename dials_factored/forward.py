@@ -17,14 +17,15 @@ import numpy as np
 
 from dials_factored import profile
 from dials_factored.arrays import to_numpy
-from dials_factored.fit import Layout, corrected_excitation
+from dials_factored.fit import corrected_excitation
+from dials_factored.layout import Layout
 from dials_factored.model.partiality import (
     rotation_sigma_z,
     stills_log_slope,
     stills_partiality,
 )
 from dials_factored.passes import Widths
-from dials_factored.shoeboxes import spot_frames
+from dials_factored.pixel_geometry import spot_frames
 
 
 def rotation_geometry(zc, zeta, d, s0_len, osc):
@@ -38,7 +39,7 @@ def spot_drift(m2: np.ndarray, s1: np.ndarray, s0: np.ndarray):
 
     Returns (a1, a2, b2) (Å⁻¹ per radian): the spot centre recorded δφ after the centre's
     crossing lies at δφ·v from the predicted one, v = (a1, a2 − s·ζ_u·b2) along the spot's
-    axes e1 (circumferential), e2 (radial) (``shoeboxes.spot_frames``), with s the
+    axes e1 (circumferential), e2 (radial) (``pixel_geometry.spot_frames``), with s the
     angular share of σ_φ² (``model.partiality.rotation_sigma_z``).
 
     Derivation (first order, q = s1 − s0, m2 the axis, ê1 = e1).  Photons recorded δφ late

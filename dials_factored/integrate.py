@@ -31,7 +31,6 @@ from dials_factored.cycles import (
 )
 from dials_factored.diagnostics import fit_warnings, per_still_table
 from dials_factored.error_model import fit_error_model, others_mean
-from dials_factored.fit import Layout
 from dials_factored.forward import (
     Forward,
     cell_axis_groups,
@@ -41,6 +40,7 @@ from dials_factored.forward import (
     zc_to_phi,
 )
 from dials_factored.hot_pixels import stills_hot_mask
+from dials_factored.layout import Layout
 from dials_factored.merging import asu_groups, global_groups, symmetry_of
 from dials_factored.model.partiality import bandwidth_sq
 from dials_factored.model.scale import build_nodes

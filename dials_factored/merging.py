@@ -1,6 +1,8 @@
-"""Symmetry-aware grouping and inverse-variance merging, vectorised with numpy."""
+"""Symmetry-aware grouping and inverse-variance merging (numpy); the anomalous=auto decision."""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 from cctbx import crystal, miller
@@ -8,6 +10,8 @@ from dials.array_family import flex
 
 from dials_factored.arrays import miller_keys, to_numpy
 from dials_factored.collective import world
+
+logger = logging.getLogger(f"dials.{__name__}")
 
 
 def symmetry_of(experiments) -> crystal.symmetry:
@@ -58,3 +62,26 @@ def weighted_mean(group: np.ndarray, values: np.ndarray, variances: np.ndarray):
     mean = np.where(sw > 0, swx / np.where(sw > 0, sw, 1.0), np.nan)
     var = np.where(sw > 0, 1.0 / np.where(sw > 0, sw, 1.0), np.inf)
     return mean, var
+
+
+def anomalous_from_data(table, symmetry, group, j, var_j, obs_scale):
+    """anomalous=auto without an anomalous reference: after the first cycle, keep Bijvoet
+    mates apart from now on if the data carry a significant anomalous signal (CC_ano½ of
+    J/scale above 3/√n over n ≥ 100 Bijvoet pairs; under MPI the ranks' values are
+    averaged, weighted by n).  Returns (anomalous, group)."""
+    from dials_factored.statistics import anomalous_signal
+
+    world_ = world()
+    ok = (obs_scale > 0) & np.isfinite(j) & np.isfinite(var_j)
+    plus = miller_keys(to_numpy(asu_groups(table["miller_index"], symmetry, True)[0])) == \
+        miller_keys(to_numpy(asu_groups(table["miller_index"], symmetry, False)[0]))
+    cc, n = anomalous_signal(group[ok], plus[ok], j[ok] / obs_scale[ok])
+    n_all = world_.sum(int(n))
+    cc = world_.sum(float(np.nan_to_num(cc) * n)) / max(n_all, 1)
+    significant = n_all >= 100 and cc > 3 / np.sqrt(n_all)
+    logger.info("Anomalous signal after cycle 1: CC_ano½ = %.3f over %d Bijvoet pairs: "
+                "Bijvoet mates %s", cc, n_all,
+                "kept apart from now on (anomalous=auto)" if significant else "stay merged")
+    if not significant:
+        return False, group
+    return True, global_groups(asu_groups(table["miller_index"], symmetry, True)[0])

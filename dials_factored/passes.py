@@ -293,14 +293,14 @@ def centroids(pix, use, bg, xyz, boxes: Boxes):
     signal the position is only known to lie in the box: its width²/12.  Every
     reflection of ``pix`` must hold its whole box.
     """
-    from dials_factored import kernels
+    from dials_factored import box_kernels
 
     centre = np.array(xyz, dtype=float)
     nx, ny = (boxes.x1 - boxes.x0).astype(np.int64), (boxes.y1 - boxes.y0).astype(np.int64)
     variance = np.stack([nx, ny, boxes.z1 - boxes.z0], axis=1).astype(float) ** 2 / 12.0
-    kernels.centroids(pix.counts, use, pix.start.astype(np.int64), np.asarray(bg, float),
-                      boxes.x0.astype(np.int64), boxes.y0.astype(np.int64), nx, ny,
-                      pix.frame, centre, variance)
+    box_kernels.centroids(pix.counts, use, pix.start.astype(np.int64), np.asarray(bg, float),
+                          boxes.x0.astype(np.int64), boxes.y0.astype(np.int64), nx, ny,
+                          pix.frame, centre, variance)
     return centre, variance
 
 

@@ -23,7 +23,7 @@ from functools import cached_property
 
 import numpy as np
 
-from dials_factored import kernels
+from dials_factored import box_kernels
 
 #: Flag bits of the ``flags`` column.
 USABLE, OVERLOADED, OUTLIER = 1, 2, 4
@@ -204,7 +204,7 @@ class PixelStore:
         ``shoeboxes.plan_jobs``) hold every reflection of the run.  A pass needs every
         pixel of the block's own reflections and, of a neighbour, only the pixels it
         shares with them (where its foreground can claim one of theirs): those its box
-        has inside an own box on the same panel and image (``kernels.shared_pixels``)
+        has inside an own box on the same panel and image (``box_kernels.shared_pixels``)
         where the sites agree (pixels off the panel or the scan have sites of their
         own).  Returns (run indices of the reflections with a needed pixel, store indices
         of the needed pixels in store order, their site ids: equal where the sites are);
@@ -232,7 +232,7 @@ class PixelStore:
                                                    boxes.y1)]
         first_image = np.asarray(origin, np.int64)
         own_sites = self.read("site", r0, r1)
-        rep, q, p = kernels.shared_pixels(
+        rep, q, p = box_kernels.shared_pixels(
             self.start, r0, r1, np.asarray(halo, np.int64), *as64, first_image,
             first_image + (boxes.z1 - boxes.z0), own_sites)
         others, first = np.unique(q, return_index=True)

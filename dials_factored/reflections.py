@@ -23,9 +23,10 @@ from dials_factored.model.partiality import (
     rotation_zeta,
     rotation_zeta_unit,
 )
+from dials_factored.pixel_geometry import pixel_areas
 from dials_factored.pixel_store import BLOCK_PIXELS, BlockPlan, off_scan_pixels, plan_blocks
 from dials_factored.recut import RECUT_MAX_GROWTH, Recut, frame_half_widths, half_widths
-from dials_factored.shoeboxes import Boxes, pixel_areas, plan_jobs
+from dials_factored.shoeboxes import Boxes, plan_jobs
 
 logger = logging.getLogger(f"dials.{__name__}")
 

@@ -30,6 +30,7 @@ from dials.array_family import flex
 
 from dials_factored.arrays import to_numpy
 from dials_factored.parallel import ordered_map
+from dials_factored.pixel_geometry import offset_coefficients
 from dials_factored.pixel_store import (
     OUTLIER,
     OVERLOADED,
@@ -100,112 +101,6 @@ class Pixels:
     def reduce(self, values: np.ndarray) -> np.ndarray:
         """Sum ``values`` (one per pixel) over each reflection's pixels."""
         return np.add.reduceat(values, self.start[:-1]) if len(values) else np.zeros(0)
-
-
-def spot_frames(s1: np.ndarray, s0: np.ndarray):
-    """Unit vectors ŝ1, e1 (circumferential) and e2 (radial) of each spot, shape (n, 3).
-
-    ``s0`` is one beam vector (3,) or one per spot (n, 3).
-    """
-    u = s1 / np.linalg.norm(s1, axis=1)[:, None]
-    e1 = np.cross(u, s0)
-    e1 /= np.maximum(np.linalg.norm(e1, axis=1), 1e-12)[:, None]
-    e2 = np.cross(u, e1)
-    return u, e1, e2
-
-
-def _vec2(x: np.ndarray, y: np.ndarray):
-    return flex.vec2_double(flex.double(np.ascontiguousarray(x, dtype=float)),
-                            flex.double(np.ascontiguousarray(y, dtype=float)))
-
-
-def pixel_lab(panel, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Lab coordinates (mm) of the centres of pixels (x, y) of one panel (n×3)."""
-    mm = panel.pixel_to_millimeter(_vec2(x + 0.5, y + 0.5))
-    return to_numpy(panel.get_lab_coord(mm))
-
-
-def _row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", a, b)
-
-
-def offset_coefficients(panel, s1: np.ndarray, s0: np.ndarray, xr: np.ndarray,
-                        yr: np.ndarray) -> np.ndarray:
-    """Per spot, the 12 float32 coefficients of ε1, ε2 as functions of the pixel offset.
-
-    Per spot (arrays s1, xr, yr), the lab position of a pixel is affine in the pixel
-    offset, L = L0 + Lx·dx + Ly·dy (exact for a flat panel; the parallax correction
-    is linearised over one box); with f1, f2 ⟂ ŝ1 (``spot_frames``),
-    ε_i = |s0|·(L·f_i)/|L|.  The columns are |L|² = c0 + dx(c1 + dx·c3 + dy·c4) +
-    dy(c2 + dy·c5), L·f1 = c6 + c7·dx + c8·dy and L·f2 = c9 + c10·dx + c11·dy; they are
-    computed in float64 and stored in float32 (the precision ε is stored with).
-    """
-    l0 = pixel_lab(panel, xr, yr)
-    lx = pixel_lab(panel, xr + 1.0, yr) - l0
-    ly = pixel_lab(panel, xr, yr + 1.0) - l0
-    _, f1, f2 = spot_frames(s1, s0)
-    dot = _row_dot
-    return np.column_stack([
-        dot(l0, l0), 2 * dot(l0, lx), 2 * dot(l0, ly), dot(lx, lx), 2 * dot(lx, ly),
-        dot(ly, ly), dot(l0, f1), dot(lx, f1), dot(ly, f1), dot(l0, f2), dot(lx, f2),
-        dot(ly, f2)]).astype(np.float32)
-
-
-def tangential_offsets(panel, s1: np.ndarray, s0: np.ndarray, xr: np.ndarray, yr: np.ndarray,
-                       k: np.ndarray, dx: np.ndarray, dy: np.ndarray):
-    """ε1, ε2 (Å⁻¹, float32) of pixels at (xr + dx, yr + dy) of spots with beams ``s1``
-    (``offset_coefficients``); ``k`` maps each pixel to its spot."""
-    c = offset_coefficients(panel, s1, s0, xr, yr)[k].T
-    dx = dx.astype(np.float32)
-    dy = dy.astype(np.float32)
-    scale = np.float32(np.linalg.norm(s0)) / np.sqrt(
-        c[0] + dx * (c[1] + dx * c[3] + dy * c[4]) + dy * (c[2] + dy * c[5]))
-    return ((c[6] + c[7] * dx + c[8] * dy) * scale, (c[9] + c[10] * dx + c[11] * dy) * scale)
-
-
-def pixel_area_eps(panel, xyz_px: np.ndarray, s0_len: np.ndarray) -> np.ndarray:
-    """Area (Å⁻²) of one pixel mapped onto the Ewald sphere at each spot.
-
-    A pixel of area a_x·a_y at distance |X| seen at angle α to the panel normal
-    subtends a solid angle a_x·a_y·cos α/|X|²; on a sphere of radius |s0| that
-    is an area |s0|²·a_x·a_y·cos α/|X|².
-    """
-    mm = panel.pixel_to_millimeter(_vec2(xyz_px[:, 0], xyz_px[:, 1]))
-    lab = to_numpy(panel.get_lab_coord(mm))
-    dist = np.linalg.norm(lab, axis=1)
-    normal = np.asarray(panel.get_normal(), dtype=float)
-    cos_a = np.abs(lab @ normal) / dist
-    ax, ay = panel.get_pixel_size()
-    return s0_len ** 2 * ax * ay * cos_a / dist ** 2
-
-
-def detector_index(experiments) -> tuple[list, np.ndarray]:
-    """(distinct detector models, index of each experiment's detector among them).
-
-    Stills refined with per-still detectors (``dials.ssx_refine``, ``dials.refine``)
-    have one detector per experiment; every per-reflection geometry uses its own
-    experiment's detector, computed once per distinct detector and panel.
-    """
-    detectors = list(experiments.detectors())
-    index = np.zeros(len(experiments), int)
-    for k, det in enumerate(detectors):
-        index[np.asarray(experiments.where(detector=det), dtype=int)] = k
-    return detectors, index
-
-
-def pixel_areas(experiments, ids: np.ndarray, panels: np.ndarray, xyz_px: np.ndarray,
-                s0_len: np.ndarray) -> np.ndarray:
-    """``pixel_area_eps`` (Å⁻²) of each spot on its own experiment's detector panel."""
-    detectors, det_of = detector_index(experiments)
-    area = np.zeros(len(ids))
-    if len(ids) == 0:
-        return area
-    key = det_of[ids] * (int(panels.max()) + 1) + panels
-    for k in np.unique(key):
-        sel = key == k
-        panel = detectors[det_of[ids[sel][0]]][int(panels[sel][0])]
-        area[sel] = pixel_area_eps(panel, xyz_px[sel], s0_len[sel])
-    return area
 
 
 def plan_jobs(experiments, ids: np.ndarray, boxes: Boxes):
@@ -310,11 +205,11 @@ def read_block(store: PixelStore, plan: BlockPlan, boxes: Boxes, b: int):
     halo = h0 + np.flatnonzero(same_images)
     index, pixels, sites = store.neighbourhood(b, r0, r1, halo[(halo < r0) | (halo >= r1)],
                                                boxes, plan.origin)
-    from dials_factored import kernels
+    from dials_factored import box_kernels
 
     per_layer = ((boxes.x1 - boxes.x0) * (boxes.y1 - boxes.y0)).astype(np.int64)
-    owner, frame = kernels.owners_and_frames(pixels, store.start, index,
-                                             boxes.z0.astype(np.int64), per_layer)
+    owner, frame = box_kernels.owners_and_frames(pixels, store.start, index,
+                                                 boxes.z0.astype(np.int64), per_layer)
     start = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=len(index)))])
 
     def column(name):
@@ -414,8 +309,8 @@ class _ImageCutter:
 
     def _cut(self, image, static, panel, s0, sel, frame_number, image_panel):
         """The piece of ``pieces`` (see ``__call__``) of boxes ``sel`` on one panel image
-        (``kernels.cut_boxes``: one visit per pixel)."""
-        from dials_factored import kernels
+        (``box_kernels.cut_boxes``: one visit per pixel)."""
+        from dials_factored import box_kernels
 
         boxes = self.boxes
         x0, x1, y0, y1 = (np.ascontiguousarray(v[sel], dtype=np.int64)
@@ -424,7 +319,7 @@ class _ImageCutter:
         coef = offset_coefficients(panel, self.s1[sel], s0, xr.astype(float), yr.astype(float))
         allowed = np.ones(image.shape, bool) if static is None else np.asarray(static, bool)
         low, high = panel.get_trusted_range()
-        return kernels.cut_boxes(
+        return box_kernels.cut_boxes(
             image, allowed, x0, x1, y0, y1,
             np.ascontiguousarray(frame_number - boxes.z0[sel], dtype=np.int64),
             np.ascontiguousarray(self.store.start[sel], dtype=np.int64), coef,

@@ -12,15 +12,14 @@ from __future__ import annotations
 import numpy as np
 from dxtbx.model import BeamFactory, DetectorFactory, Experiment, ExperimentList
 
-from dials_factored.pixel_store import PixelStore
-from dials_factored.shoeboxes import (
-    Boxes,
-    _ImageCutter,
+from dials_factored.pixel_geometry import (
     pixel_area_eps,
     pixel_areas,
     pixel_lab,
     tangential_offsets,
 )
+from dials_factored.pixel_store import PixelStore
+from dials_factored.shoeboxes import Boxes, _ImageCutter
 
 SIZE = 64
 

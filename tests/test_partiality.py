@@ -174,7 +174,8 @@ def test_recorded_fraction_sums_the_frame_fractions_inside_the_scan():
 def test_phi_moment_rows_have_exact_jacobian_in_both_widths():
     """Term 2's φ-moment rows: analytic ∂r/∂log R0 and ∂r/∂log σ_m against finite
     differences, and the two columns differ (the laws scale differently with 2θ)."""
-    from dials_factored.fit import FactoredTarget, Layout, Observations, Priors
+    from dials_factored.fit import FactoredTarget, Observations, Priors
+    from dials_factored.layout import Layout
 
     rng = np.random.default_rng(4)
     n = 30

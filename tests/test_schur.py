@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from scipy.sparse import coo_matrix
 
-from dials_factored.fit import FactoredTarget, Layout, Observations, Priors, normal_equations
+from dials_factored.fit import FactoredTarget, Observations, Priors, normal_equations
+from dials_factored.layout import Layout
 from dials_factored.schur import BlockNormal, Structure
 
 TOL = 1e-8

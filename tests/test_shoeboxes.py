@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from dxtbx.model import DetectorFactory
 
-from dials_factored.shoeboxes import pixel_lab, spot_frames, tangential_offsets
+from dials_factored.pixel_geometry import pixel_lab, spot_frames, tangential_offsets
 
 
 def test_affine_offsets_match_exact_geometry():
@@ -36,11 +36,11 @@ def test_affine_offsets_match_exact_geometry():
 
 
 def test_box_cutting_kernel_matches_per_pixel_reference():
-    """kernels.cut_boxes (one visit per pixel) against the same pixels taken with numpy:
+    """box_kernels.cut_boxes (one visit per pixel) against the same pixels taken with numpy:
     boxes inside, across the edge and off the panel, a layer of a 3D box, NaN, negative
     (below trusted), overloaded and masked pixels, a gain."""
-    from dials_factored import kernels
-    from dials_factored.shoeboxes import offset_coefficients
+    from dials_factored import box_kernels
+    from dials_factored.pixel_geometry import offset_coefficients
 
     detector = DetectorFactory.simple("PAD", 150.0, (60.0, 50.0), "+x", "-y",
                                       (0.172, 0.172), (120, 100), (-1.0, 1000.0))
@@ -59,7 +59,7 @@ def test_box_cutting_kernel_matches_per_pixel_reference():
     lab = pixel_lab(panel, xr.astype(float), yr.astype(float))
     s1 = lab / np.linalg.norm(lab, axis=1)[:, None]
     coef = offset_coefficients(panel, s1, s0, xr.astype(float), yr.astype(float))
-    got = kernels.cut_boxes(image, static, x0, x1, y0, y1, layer, base, coef, np.float32(1.0),
+    got = box_kernels.cut_boxes(image, static, x0, x1, y0, y1, layer, base, coef, np.float32(1.0),
                             np.float32(-1.0), np.float32(1000.0), 2.0, 3)
     for b in range(len(x0)):
         yy, xx = np.mgrid[y0[b]:y1[b], x0[b]:x1[b]]

@@ -7,7 +7,7 @@ import pytest
 
 from dials_factored.forward import spot_drift
 from dials_factored.model.partiality import rotation_sigma_z, rotation_zeta, rotation_zeta_unit
-from dials_factored.shoeboxes import spot_frames
+from dials_factored.pixel_geometry import spot_frames
 from dials_factored.simulate import physics
 
 

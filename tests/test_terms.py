@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from dials_factored import profile
-from dials_factored.fit import FactoredTarget, Layout, Observations, Priors, minimise
+from dials_factored.fit import FactoredTarget, Observations, Priors, minimise
+from dials_factored.layout import Layout
 from dials_factored.residuals.intensity import outlier_pixels, profile_fit
 from dials_factored.residuals.shape import moment_sums, observed_moments, truncation
 from dials_factored.shoeboxes import Pixels, background
