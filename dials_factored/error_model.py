@@ -18,18 +18,24 @@ I_ref together, which (unlike x or I_ref alone) is independent of δ: choosing b
 the noisy I_ref would pick those whose I_ref came out high and inflate δ.
 
 Stills carry a second model error that b cannot hold: each reflection's excitation
-error ε is known only to some σ_ε (a still's orientation and cell are refined from a
-few hundred partialities), and p = exp(−ε²/R0_eff²) turns it into a relative error
-|∂log p/∂ε|·σ_ε, zero on the peak of the partiality and largest on its flanks.  An
-orientation error δθ moves ε by about |q|·δθ, so σ_ε = c/d (c in radians).  Measured
-on simulated stills indexed by dials.ssx_index (after the refinement of the fit), the
-robust spread of ε grows from 4·10⁻⁶ Å⁻¹ at 8 Å to 3·10⁻⁵ Å⁻¹ at 2 Å, close to ∝ 1/d:
+error ε is known only to some σ_ε, and p = exp(−ε²/R0_eff²) turns it into a relative
+error |∂log p/∂ε|·σ_ε, zero on the peak of the partiality and largest on its flanks.
+Two sources add: an orientation error δθ of the still moves ε by about |q|·δθ (c/d, c in
+radians); a crystal that is not one rigid lattice (domains that differ between the
+illuminated volumes of a grid scan, a cell that is not the same in every still) moves it
+by an amount that does not grow with resolution (c₀, Å⁻¹).  Measured on simulated
+stills indexed by dials.ssx_index (after the refinement of the fit), the robust spread of
+ε grows from 4·10⁻⁶ Å⁻¹ at 8 Å to 3·10⁻⁵ Å⁻¹ at 2 Å, close to ∝ 1/d; on the real
+thaumatin grid stills (docs/real_data.md) σ_ε = c/d alone left the low-resolution flank
+observations with rms z 1.3–1.4 and a flat σ_ε alone the high-resolution ones with
+1.6–1.8:
 
-    σ'² = σ² + (b² + c²·f)·I²,   f = (∂log p/∂ε / d)²
+    σ'² = σ² + (b² + (c₀² + c²/d²)·s²)·I²,   s = ∂log p/∂ε (Å)
 
 b is fitted on the observations near the peak of their partiality (p ≥ ``FLANK_P``),
-c on the flanks (p < ``FLANK_P``), each with the other held, alternately: the split is
-by the model's p, which (like I) does not depend on δ.
+c on the flanks (p < ``FLANK_P``) at high resolution (d at most the median d of the flank
+observations) and c₀ on those at low resolution, each with the others held,
+alternately: the split is by the model's p and d, which (like I) do not depend on δ.
 """
 
 from __future__ import annotations
@@ -59,10 +65,11 @@ def fit_relative_error(x, var_x, ref, var_ref, n_others) -> float:
 
 
 def fit_error_model(x, var_x, ref, var_ref, n_others, flank=None, flank_ref=None,
-                    p=None) -> tuple[float, float]:
-    """(b, c) ≥ 0 of the module docstring; c = 0 without ``flank`` (f per observation,
-    dimensionless), ``flank_ref`` (the mean f of the observations behind its reference,
-    :func:`others_mean`) and ``p`` (the model partiality), as for rotation data."""
+                    p=None, d=None) -> tuple[float, float, float]:
+    """(b, c, c₀) ≥ 0 of the module docstring; c = c₀ = 0 without ``flank`` (s² per
+    observation, Å²), ``flank_ref`` (the mean s² of the observations behind its
+    reference, :func:`others_mean`), ``p`` (the model partiality) and ``d`` (Å), as for
+    rotation data."""
     use = (np.isfinite(x) & np.isfinite(ref) & np.isfinite(var_x) & np.isfinite(var_ref)
            & (var_x > 0) & (var_ref > 0) & (n_others > 0))
     w_x = np.where(use, 1.0 / np.where(use, var_x, 1.0), 0.0)
@@ -73,15 +80,21 @@ def fit_error_model(x, var_x, ref, var_ref, n_others, flank=None, flank_ref=None
     delta2 = np.where(use, (x - ref) ** 2, 0.0)
     base = np.where(use, var_x + var_ref, 1.0)
     lever = both ** 2 * (1.0 + 1.0 / np.maximum(n_others, 1))
-    if flank is None or p is None:
-        return _solve(delta2[use], base[use], lever[use]), 0.0
+    if flank is None or p is None or d is None:
+        return _solve(delta2[use], base[use], lever[use]), 0.0, 0.0
     peak, side = use & (p >= FLANK_P), use & (p < FLANK_P)
-    flank_lever = both ** 2 * np.where(use, flank + flank_ref / np.maximum(n_others, 1), 0.0)
-    b = c = 0.0
+    high = side & (d <= (np.median(d[side]) if side.any() else 0.0))
+    low = side & ~high
+    flat_lever = both ** 2 * np.where(use, flank + flank_ref / np.maximum(n_others, 1), 0.0)
+    orient_lever = flat_lever / np.where(use, d, 1.0) ** 2
+    b = c = c0 = 0.0
     for _ in range(FLANK_ROUNDS):
-        b = _solve(delta2[peak], base[peak] + c * c * flank_lever[peak], lever[peak])
-        c = _solve(delta2[side], base[side] + b * b * lever[side], flank_lever[side])
-    return b, c
+        excitation = c * c * orient_lever + c0 * c0 * flat_lever
+        b = _solve(delta2[peak], base[peak] + excitation[peak], lever[peak])
+        rest = base + b * b * lever
+        c = _solve(delta2[high], rest[high] + c0 * c0 * flat_lever[high], orient_lever[high])
+        c0 = _solve(delta2[low], rest[low] + c * c * orient_lever[low], flat_lever[low])
+    return b, c, c0
 
 
 def others_mean(group, values, use) -> np.ndarray:

@@ -119,6 +119,51 @@ def corrected_excitation(eps: np.ndarray, gradients, x: np.ndarray, layout: Layo
     return eps + sum(g * x[b][still] for g, b in zip(gradients, layout.per_still))
 
 
+class Rows:
+    """Residual rows and their sparse Jacobian entries, accumulated term by term."""
+
+    def __init__(self, need_jacobian: bool):
+        self.need_jacobian = need_jacobian
+        self.residuals, self.rows, self.cols, self.vals = [], [], [], []
+        self.shared: list[int] = []
+        self.n = 0
+
+    def add(self, r: np.ndarray, entries) -> None:
+        """Rows ``r``, one per reflection, with ``entries`` (column per row or one column,
+        ∂r/∂x per row); zero derivatives are dropped."""
+        idx = np.arange(self.n, self.n + len(r))
+        self.residuals.append(r)
+        if self.need_jacobian:
+            for col, val in entries:
+                col = np.broadcast_to(col, idx.shape)
+                val = np.broadcast_to(val, idx.shape)
+                nz = val != 0
+                self.rows.append(idx[nz])
+                self.cols.append(col[nz])
+                self.vals.append(val[nz])
+        self.n += len(r)
+
+    def add_shared(self, value: float, columns: np.ndarray, weight: float) -> None:
+        """One residual ``value`` depending on many parameters with one weight; such rows
+        are the same on every rank (their entries: this rank's share) and enter the
+        normal equations as low-rank terms (``FactoredTarget.shared_rows``)."""
+        self.shared.append(self.n)
+        self.residuals.append(np.array([value]))
+        if self.need_jacobian:
+            self.rows.append(np.full(len(columns), self.n))
+            self.cols.append(columns)
+            self.vals.append(np.full(len(columns), weight))
+        self.n += 1
+
+    def result(self):
+        """(residuals, None) or (residuals, (rows, columns, values))."""
+        r = np.concatenate(self.residuals)
+        if not self.need_jacobian:
+            return r, None
+        return r, (np.concatenate(self.rows), np.concatenate(self.cols),
+                   np.concatenate(self.vals))
+
+
 class FactoredTarget:
     """Residuals r¹, r², priors and their Jacobian for a parameter vector."""
 
@@ -184,43 +229,26 @@ class FactoredTarget:
         return ra, rb
 
     def evaluate(self, x: np.ndarray, need_jacobian: bool = True):
+        """All residual rows at ``x`` and (if asked) their sparse Jacobian as
+        (rows, columns, values): Term 1, Term 2, the φ moment (rotation), the priors."""
+        rows = Rows(need_jacobian)
+        self._intensity_rows(x, rows)
+        self._shape_rows(x, rows)
+        if not self.obs.stills and self.obs.use_z.any():
+            self._phi_moment_rows(x, rows)
+        # Priors: once per run (the data rows of all ranks are summed in the normal
+        # equations): those of the global parameters on rank 0, those of a still's
+        # parameters on the rank that holds the still (``prior_nodes``)
+        self._add_priors(x, rows)
+        self.shared_rows = rows.shared
+        return rows.result()
+
+    def _intensity_rows(self, x: np.ndarray, rows: Rows) -> None:
+        """Term 1: r = (J − J_model)/σ_J; J_model = G·exp(B/4d²)·p·I_ref (seed §2.1)."""
         o, lay = self.obs, self.layout
-        rows, cols, vals, res = [], [], [], []
-        self.shared_rows = []
-        n = 0
-
-        def add(r, entries):
-            nonlocal n
-            idx = np.arange(n, n + len(r))
-            res.append(r)
-            if need_jacobian:
-                for col, val in entries:
-                    col = np.broadcast_to(col, idx.shape)
-                    val = np.broadcast_to(val, idx.shape)
-                    nz = val != 0
-                    rows.append(idx[nz])
-                    cols.append(col[nz])
-                    vals.append(val[nz])
-            n += len(r)
-
-        def add_row(value, columns, weight):
-            """One residual ``value`` depending on many parameters with one weight; such
-            rows are the same on every rank (their entries: this rank's share) and
-            enter the normal equations as low-rank terms (``self.shared_rows``)."""
-            nonlocal n
-            self.shared_rows.append(n)
-            res.append(np.array([value]))
-            if need_jacobian:
-                rows.append(np.full(len(columns), n))
-                cols.append(columns)
-                vals.append(np.full(len(columns), weight))
-            n += 1
-
-        # Term 1: intensity / scaling residuals
         jm, _, _, dlogp = self.scale_model(x)
         s = o.use1
         sig = o.sigma_j[s]
-        r1 = (o.j[s] - jm[s]) / sig
         dj = -jm[s] / sig
         ent = [
             (o.k0[s], dj * (1 - o.w[s])),
@@ -235,9 +263,13 @@ class FactoredTarget:
                 d_eps = dj * self._dlogp_deps[s]
                 ent += [(block.start + o.k0[s], d_eps * g[s])
                         for block, g in zip(lay.per_still, o.deps)]
-        add(r1, ent)
+        rows.add((o.j[s] - jm[s]) / sig, ent)
 
-        # Term 2: shape residuals along a and b
+    def _shape_rows(self, x: np.ndarray, rows: Rows) -> None:
+        """Term 2: r = (M₂ − M₂_model(R1))/σ_M along a and b (seed §2.2); M₂_model is the
+        second moment (Å⁻²) of the Gaussian of variance R1² + area/6 truncated to the
+        window."""
+        o, lay = self.obs, self.layout
         ra, rb = self.widths(x)
         s = o.use2
         for m_obs, sig_m, r, window, block in (
@@ -250,36 +282,29 @@ class FactoredTarget:
             model = 0.5 * reff2 * g
             dmodel = (g - t * dg) * r[s] ** 2  # ∂M/∂ log R1 at the reflection
             first = block.start
-            add((m_obs[s] - model) / sig_m[s], [
+            rows.add((m_obs[s] - model) / sig_m[s], [
                 (first + o.b0[s], -dmodel * (1 - o.u[s]) / sig_m[s]),
                 (first + o.b1[s], -dmodel * o.u[s] / sig_m[s]),
             ])
 
-        # Rotation: second moment along φ constrains the radial R0 and the angular σ_m
-        if not o.stills and o.use_z.any():
-            s = o.use_z
-            sz, share_r0, share_m = rotation_sigma_z(
-                float(np.exp(x[lay.log_r0])), float(np.exp(x[lay.log_eta])), o.rate[s],
-                o.zeta_unit[s], o.osc[s])
-            model, dmodel = binned_frame_moment(o.z_centre[s], o.z_first[s], o.z_last[s], sz)
-            # ∂M/∂log R0 = ∂M/∂log σ_z · ∂log σ_z/∂log R0 (the radial share), same for σ_m
-            add((o.m_z[s] - model) / o.sigma_mz[s], [
-                (lay.log_r0, -dmodel * share_r0 / o.sigma_mz[s]),
-                (lay.log_eta, -dmodel * share_m / o.sigma_mz[s])])
+    def _phi_moment_rows(self, x: np.ndarray, rows: Rows) -> None:
+        """Rotation: the second moment along φ (frames²) constrains the radial R0 and the
+        angular σ_m (``rotation_sigma_z``)."""
+        o, lay = self.obs, self.layout
+        s = o.use_z
+        sz, share_r0, share_m = rotation_sigma_z(
+            float(np.exp(x[lay.log_r0])), float(np.exp(x[lay.log_eta])), o.rate[s],
+            o.zeta_unit[s], o.osc[s])
+        model, dmodel = binned_frame_moment(o.z_centre[s], o.z_first[s], o.z_last[s], sz)
+        # ∂M/∂log R0 = ∂M/∂log σ_z · ∂log σ_z/∂log R0 (the radial share), same for σ_m
+        rows.add((o.m_z[s] - model) / o.sigma_mz[s], [
+            (lay.log_r0, -dmodel * share_r0 / o.sigma_mz[s]),
+            (lay.log_eta, -dmodel * share_m / o.sigma_mz[s])])
 
-        # Priors: once per run (the data rows of all ranks are summed in the normal
-        # equations): those of the global parameters on rank 0, those of a still's
-        # parameters on the rank that holds the still (``prior_nodes``)
-        self._add_priors(x, add, add_row)
-
-        r = np.concatenate(res)
-        if not need_jacobian:
-            return r, None
-        return r, (np.concatenate(rows), np.concatenate(cols), np.concatenate(vals))
-
-    def _add_priors(self, x: np.ndarray, add, add_row) -> None:
-        """The prior and smoothness rows (``add``/``add_row`` as in ``evaluate``)."""
+    def _add_priors(self, x: np.ndarray, rows: Rows) -> None:
+        """The prior and smoothness rows."""
         o, lay, pri = self.obs, self.layout, self.priors
+        add, add_row = rows.add, rows.add_shared
         first = world().rank == 0
         nodes = (np.arange(lay.n_nodes) if self.prior_nodes is None
                  else np.flatnonzero(self.prior_nodes))

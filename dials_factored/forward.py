@@ -182,9 +182,9 @@ class Forward:
                 4.0 * self.inv_4d2, self.rbw_sq)
 
     def flank_lever(self, x, eps) -> np.ndarray:
-        """f = (∂log p/∂ε / d)² (dimensionless): Var(log p) per unit c² of an excitation
-        error σ_ε = c/d (:mod:`dials_factored.error_model`)."""
-        return stills_log_slope(*self._partiality_widths(x, eps)) ** 2 * 4.0 * self.inv_4d2
+        """s² = (∂log p/∂ε)² (Å²): Var(log p) per unit σ_ε² of an excitation error
+        (:mod:`dials_factored.error_model`)."""
+        return stills_log_slope(*self._partiality_widths(x, eps)) ** 2
 
     def observed_scale(self, x) -> np.ndarray:
         """The scale with ε from x and qe/lp: counts per unit intensity as recorded."""

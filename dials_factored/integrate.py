@@ -47,6 +47,7 @@ from dials_factored.model.scale import build_nodes
 from dials_factored.model.width import build_grid
 from dials_factored.output_table import output_table, parameter_summary
 from dials_factored.parallel import one_blas_thread
+from dials_factored.partiality_check import log_table, partiality_check, partiality_warnings
 from dials_factored.passes import Store, Widths, cycle_pass, final_pass
 from dials_factored.pixel_store import PixelStore
 from dials_factored.recut import MAX_RECUTS, MIN_BACKGROUND_PIXELS, RECUT_FRACTION, Recut
@@ -285,12 +286,16 @@ def _final(experiments, params, refl: Reflections, store, owned, forward: Forwar
     var_j = var_j + rel_scale_var * state.j_expected ** 2
     p_model = forward.partiality(x, eps_final) if stills else None
     flank = forward.flank_lever(x, eps_final) if stills else None
-    b_rel, c_eps = _error_model(state.group, j, var_j, final_scale, state.informative & (
-        template_coverage >= params.output.min_profile_coverage), flank, p_model)
-    logger.info("Error model: relative error b = %.4f, excitation error σ_ε = %.2e/d "
-                "(σ² = σ_counting² + (b² + (σ_ε·∂log p/∂ε)²)·J_model²)", b_rel, c_eps)
-    extra = b_rel ** 2 + (c_eps ** 2 * flank if stills else 0.0)
+    inv_d2 = 4.0 * forward.inv_4d2
+    b_rel, c_eps, c_flat = _error_model(state.group, j, var_j, final_scale, state.informative & (
+        template_coverage >= params.output.min_profile_coverage), flank, p_model, inv_d2)
+    logger.info("Error model: relative error b = %.4f, excitation error σ_ε² = (%.2e/d)² + "
+                "(%.2e Å⁻¹)² (σ² = σ_counting² + (b² + (σ_ε·∂log p/∂ε)²)·J_model²)",
+                b_rel, c_eps, c_flat)
+    extra = b_rel ** 2 + ((c_eps ** 2 * inv_d2 + c_flat ** 2) * flank if stills else 0.0)
     var_j = var_j + extra * state.j_expected ** 2
+    p_rows = (_check_partialities(state.group, j, var_j, final_scale, p_model, forward.inv_4d2,
+                                  state.informative) if stills else [])
     gb = forward.scale(x, np.zeros_like(forward.eps))
     p = (p_model if stills
          else _recorded(experiments, refl.ids, store.boxes, final_widths))
@@ -311,6 +316,7 @@ def _final(experiments, params, refl: Reflections, store, owned, forward: Forwar
         parameters["g_r1_coupling"] = coupling
     parameters["error_model_b"] = b_rel
     parameters["error_model_excitation"] = c_eps
+    parameters["error_model_excitation_flat"] = c_flat
     diagnostics = {
         "z_term1": ((j - final_scale * state.i_ref) / np.sqrt(var_j))[np.isfinite(var_j)],
         "outliers_per_image": final["outliers_per_image"],
@@ -323,8 +329,20 @@ def _final(experiments, params, refl: Reflections, store, owned, forward: Forwar
         prior_checks(x, layout, state.priors, stills), np.exp(x[layout.log_r1a]),
         state.r1_init, state.priors.log_r1_sigma != FIXED_WIDTH_SIGMA,
         diagnostics["per_still"], state.n_outliers,
-        int(world.sum(float(final["n_fg"].sum()))))
+        int(world.sum(float(final["n_fg"].sum())))) + partiality_warnings(p_rows)
+    parameters["partiality_check"] = p_rows
     return Result(out, parameters, state.history, timings, diagnostics)
+
+
+def _check_partialities(group, j, var_j, obs_scale, p, inv_4d2, informative) -> list[dict]:
+    """Stills: the flank observations' full intensities against their nearly full mates
+    (:mod:`.partiality_check`), logged."""
+    ok = informative & (obs_scale > 0)
+    safe = np.where(ok, obs_scale, 1.0)
+    rows = partiality_check(group, j / safe, var_j / safe ** 2, p,
+                            1.0 / np.sqrt(4.0 * inv_4d2), ok)
+    logger.info(log_table(rows))
+    return rows
 
 
 def _per_still(parameters, experiments, ids, informative, j, n_fg, outliers_per_image) -> dict:
@@ -346,9 +364,10 @@ def _recorded(experiments, ids, boxes, widths: Widths) -> np.ndarray:
     return profile.recorded_fraction(widths.zc, widths.sz, lo, hi)
 
 
-def _error_model(group, j, var_j, obs_scale, informative, flank, p) -> tuple[float, float]:
-    """The error model's b and c (:mod:`.error_model`) from the deviations of J/scale
-    from their symmetry mates (c = 0 for rotation data, ``flank`` and ``p`` None)."""
+def _error_model(group, j, var_j, obs_scale, informative, flank, p, inv_d2
+                 ) -> tuple[float, float, float]:
+    """The error model's b, c and c₀ (:mod:`.error_model`) from the deviations of J/scale
+    from their symmetry mates (c = c₀ = 0 for rotation data, ``flank`` and ``p`` None)."""
     scale = np.where(informative, obs_scale, 0.0)
     ref, var_ref, n_others = references.bootstrap(group, j, var_j, scale)
     ok = scale > 0
@@ -357,7 +376,7 @@ def _error_model(group, j, var_j, obs_scale, informative, flank, p) -> tuple[flo
                var_ref, n_others]
     if flank is not None:
         # over the mates behind the reference: those with a scale (as in the bootstrap)
-        columns += [flank, others_mean(group, flank, ok), p]
+        columns += [flank, others_mean(group, flank, ok), p, 1.0 / np.sqrt(inv_d2)]
     if collective.world().size > 1:  # the robust fit needs every rank's observations
         use = ok & np.isfinite(ref)
         columns = [np.concatenate(c) for c in zip(*collective.world().allgather(
