@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -125,32 +126,84 @@ def phi_width_truth(spreads: Spreads) -> dict:
 
 
 def resolve(params) -> Design:
-    """Build the :class:`Design` of the extracted phil parameters."""
-    mode = params.mode
-    defaults = MODE_DEFAULTS[mode]
+    """Build the :class:`Design` of the extracted phil parameters.
+
+    The scalar settings (mode defaults filled in), detector and beam, the true crystal
+    (stream ``intensities``), the spot-forming spreads, the orientations, the mosaic
+    blocks, the per-image truth and the record of all resolved parameters (truth.json).
+    """
+    s = _settings(params)
+    detector = geometry.make_detector(s.size, params.detector.pixel_size, s.distance,
+                                      s.trusted)
+    beam = geometry.make_beam(s.wavelength, params.beam.polarization_fraction)
+    heavy = heavy_atoms(params.anomalous, s.wavelength)
+    truth = xtal.make_true_crystal(params.crystal.space_group, params.crystal.unit_cell,
+                                   s.d_min, params.wilson.b, params.wilson.mean_intensity,
+                                   stream(s.seed, "intensities"), heavy)
+    spreads = _spreads(params, s.mode, s.bandwidth, s.mosaic)
+    bg = params.background
+    design = Design(
+        mode=s.mode, seed=s.seed, n_images=s.n_images, d_min=s.d_min, wavelength=s.wavelength,
+        flux=s.flux, n_samples=int(params.monte_carlo.n_samples),
+        n_sigma=float(params.monte_carlo.n_sigma),
+        max_lorentz=float(params.monte_carlo.max_lorentz),
+        min_partiality=float(params.truth.min_partiality), spreads=spreads,
+        background=Background(constant=bg.constant, inner=bg.inner, q_inner=bg.q_inner,
+                              ring=bg.ring, ring_d=bg.ring_d, ring_width=bg.ring_width),
+        truth=truth, beam=beam, detector=detector, plane=geometry.Plane.from_panel(detector[0]),
+        u_matrices=_orientations(params, s.mode, s.n_images, s.seed),
+        hot_pixels=int(params.hot_pixels.count),
+        hot_range=(float(params.hot_pixels.min_value), float(params.hot_pixels.max_value)),
+        zinger_rate=float(params.zingers.rate),
+        zinger_range=(int(params.zingers.min_counts), int(params.zingers.max_counts)),
+        gain=s.gain, read_noise=s.read_noise)
+    design.layout = DetectorLayout.build(s.size, params.detector)
+    design.blocks = _mosaic_blocks(design, params)
+    if s.mode == "stills":
+        _stills_truth(design, params)
+    else:
+        _sweep_truth(design, params.rotation)
+    design.parameters = _parameter_record(design, params, s, heavy)
+    return design
+
+
+def _settings(params) -> SimpleNamespace:
+    """The scalar settings, the mode's defaults (:data:`MODE_DEFAULTS`) for those left None.
+
+    mode, seed, n_images; bandwidth (σ_λ/λ); mosaic (rad, rms per axis); flux K; d_min and
+    wavelength (Å); size (nx, ny px); distance (mm; default: d_min at the panel corner);
+    gain (ADU/photon); read_noise (photons rms); trusted (ADU range).
+    """
+    defaults = MODE_DEFAULTS[params.mode]
 
     def pick(value, key):
         return defaults[key] if value is None else value
 
-    n_images = int(pick(params.n_images, "n_images"))
-    bandwidth = float(pick(params.beam.bandwidth, "bandwidth"))
-    mosaic = math.radians(float(pick(params.crystal.mosaic, "mosaic_deg")))
-    flux = float(pick(params.intensity.scale, "intensity_scale"))
-    seed = int(params.seed)
     d_min = float(params.d_min)
     wavelength = float(params.beam.wavelength)
     size = tuple(int(n) for n in params.detector.size)
-    distance = params.detector.distance or geometry.corner_distance(
-        size, params.detector.pixel_size, wavelength, d_min)
     gain = float(params.detector.gain)
     read_noise = float(params.detector.read_noise)
-    trusted = (geometry.trusted_low(gain, read_noise), float(params.detector.trusted_max))
-    detector = geometry.make_detector(size, params.detector.pixel_size, distance, trusted)
-    beam = geometry.make_beam(wavelength, params.beam.polarization_fraction)
-    heavy = heavy_atoms(params.anomalous, wavelength)
-    truth = xtal.make_true_crystal(params.crystal.space_group, params.crystal.unit_cell, d_min,
-                                   params.wilson.b, params.wilson.mean_intensity,
-                                   stream(seed, "intensities"), heavy)
+    return SimpleNamespace(
+        mode=params.mode, seed=int(params.seed),
+        n_images=int(pick(params.n_images, "n_images")),
+        bandwidth=float(pick(params.beam.bandwidth, "bandwidth")),
+        mosaic=math.radians(float(pick(params.crystal.mosaic, "mosaic_deg"))),
+        flux=float(pick(params.intensity.scale, "intensity_scale")),
+        d_min=d_min, wavelength=wavelength, size=size,
+        distance=params.detector.distance or geometry.corner_distance(
+            size, params.detector.pixel_size, wavelength, d_min),
+        gain=gain, read_noise=read_noise,
+        trusted=(geometry.trusted_low(gain, read_noise), float(params.detector.trusted_max)))
+
+
+def _spreads(params, mode: str, bandwidth: float, mosaic: float) -> Spreads:
+    """The spreads of the spot-forming distributions (Å⁻¹, rad, relative, px).
+
+    Rotation, ``crystal.phi_spread``: ``angular`` spreads φ by the mosaic rotation only
+    (σ_dom = 0, infinite domains), ``domain`` by the domain size only (mosaic = 0),
+    ``both`` by both.  Stills need a finite bandwidth: it is what makes them diffract.
+    """
     law = params.crystal.phi_spread
     sigma_domain = domain_sigma(params.crystal.domain_size)
     if mode == "rotation" and law == "angular":
@@ -166,87 +219,99 @@ def resolve(params) -> Design:
     if mode == "stills" and bandwidth <= 0:
         raise ValueError("stills need a finite beam.bandwidth (e.g. 1e-5 for nearly "
                          "monochromatic): it is what makes a reflection diffract")
-    bg = params.background
-    design = Design(
-        mode=mode, seed=seed, n_images=n_images, d_min=d_min, wavelength=wavelength, flux=flux,
-        n_samples=int(params.monte_carlo.n_samples), n_sigma=float(params.monte_carlo.n_sigma),
-        max_lorentz=float(params.monte_carlo.max_lorentz),
-        min_partiality=float(params.truth.min_partiality), spreads=spreads,
-        background=Background(constant=bg.constant, inner=bg.inner, q_inner=bg.q_inner,
-                              ring=bg.ring, ring_d=bg.ring_d, ring_width=bg.ring_width),
-        truth=truth, beam=beam, detector=detector, plane=geometry.Plane.from_panel(detector[0]),
-        u_matrices=_orientations(params, mode, n_images, seed),
-        hot_pixels=int(params.hot_pixels.count),
-        hot_range=(float(params.hot_pixels.min_value), float(params.hot_pixels.max_value)),
-        zinger_rate=float(params.zingers.rate),
-        zinger_range=(int(params.zingers.min_counts), int(params.zingers.max_counts)),
-        gain=gain, read_noise=read_noise)
-    design.layout = DetectorLayout.build(size, params.detector)
-    n_crystals = 1 if (mode == "rotation" or params.stills.grid_scan.enable) else n_images
-    if spreads.mosaic_shape == "blocks":
-        design.blocks = [shapes.block_orientations(int(params.crystal.mosaic_blocks), mosaic,
-                                                   stream(seed, "blocks", i))
-                         for i in range(n_crystals)]
-    rng = stream(seed, "per_image")
-    if mode == "stills" and params.stills.grid_scan.enable:
+    return spreads
+
+
+def _mosaic_blocks(design: Design, params) -> list:
+    """Per crystal the mosaic blocks' rotation vectors (k×3 rad, stream ``blocks, i``).
+
+    One crystal for a sweep or a grid scan, one per still otherwise; none unless
+    ``crystal.mosaic_shape=blocks``.
+    """
+    if design.spreads.mosaic_shape != "blocks":
+        return []
+    one = design.mode == "rotation" or params.stills.grid_scan.enable
+    return [shapes.block_orientations(int(params.crystal.mosaic_blocks), design.spreads.mosaic,
+                                      stream(design.seed, "blocks", i))
+            for i in range(1 if one else design.n_images)]
+
+
+def _stills_truth(design: Design, params) -> None:
+    """Per-still truth from the ``per_image`` stream: G = exp(N(0, σ_logG²)),
+    B ~ N(0, σ_B²) Å², background factor exp(N(0, σ_bg²)) (a grid scan: its own G)."""
+    rng = stream(design.seed, "per_image")
+    if params.stills.grid_scan.enable:
         _grid_scan_truth(design, params, rng)
-    elif mode == "stills":
-        design.g = np.exp(params.stills.log_g_sigma * rng.standard_normal(n_images))
-        design.b = params.stills.b_sigma * rng.standard_normal(n_images)
-        design.bg_factor = np.exp(params.background.image_sigma * rng.standard_normal(n_images))
-    else:
-        r = params.rotation
-        width = n_images * r.phi_width
-        if width > 360 + 1e-9:
-            raise ValueError(f"the sweep ({width}°) must not exceed 360°")
-        design.goniometer = geometry.make_goniometer()
-        design.scan = geometry.make_scan(n_images, r.phi_start, r.phi_width, r.exposure_time)
-        design.rotation = {"phi_start": r.phi_start, "phi_width": r.phi_width,
-                           "sweep_width": width, "g_amplitude": r.g_amplitude,
-                           "g_period": r.g_period or width, "b_drift": r.b_drift}
-        centres = r.phi_start + (np.arange(n_images) + 0.5) * r.phi_width
-        design.g, design.b = design.rotation_gb(centres)
-        design.bg_factor = np.ones(n_images)
-    design.parameters = {
-        "mode": mode, "seed": seed, "n_images": n_images, "d_min": d_min,
-        "wavelength": wavelength, "bandwidth": bandwidth, "divergence": spreads.divergence,
+        return
+    n_images = design.n_images
+    design.g = np.exp(params.stills.log_g_sigma * rng.standard_normal(n_images))
+    design.b = params.stills.b_sigma * rng.standard_normal(n_images)
+    design.bg_factor = np.exp(params.background.image_sigma * rng.standard_normal(n_images))
+
+
+def _sweep_truth(design: Design, r) -> None:
+    """Goniometer, scan and truth of a sweep (``rotation`` scope ``r``, angles in degrees).
+
+    G(φ), B(φ) (see :meth:`Design.rotation_gb`) at the frame centres; no per-frame
+    background factor.  The sweep (n_images·phi_width) must not exceed 360°.
+    """
+    n_images = design.n_images
+    width = n_images * r.phi_width
+    if width > 360 + 1e-9:
+        raise ValueError(f"the sweep ({width}°) must not exceed 360°")
+    design.goniometer = geometry.make_goniometer()
+    design.scan = geometry.make_scan(n_images, r.phi_start, r.phi_width, r.exposure_time)
+    design.rotation = {"phi_start": r.phi_start, "phi_width": r.phi_width,
+                       "sweep_width": width, "g_amplitude": r.g_amplitude,
+                       "g_period": r.g_period or width, "b_drift": r.b_drift}
+    centres = r.phi_start + (np.arange(n_images) + 0.5) * r.phi_width
+    design.g, design.b = design.rotation_gb(centres)
+    design.bg_factor = np.ones(n_images)
+
+
+def _parameter_record(design: Design, params, s: SimpleNamespace,
+                      heavy: HeavyAtoms | None) -> dict:
+    """The resolved parameters as written to truth.json (lengths in Å, mm or px as named)."""
+    spreads = design.spreads
+    record = {
+        "mode": s.mode, "seed": s.seed, "n_images": s.n_images, "d_min": s.d_min,
+        "wavelength": s.wavelength, "bandwidth": s.bandwidth, "divergence": spreads.divergence,
         "polarization_fraction": params.beam.polarization_fraction,
         "polarization_normal": [0.0, 1.0, 0.0],
         "space_group": params.crystal.space_group,
-        "unit_cell": list(truth.symmetry.unit_cell().parameters()),
+        "unit_cell": list(design.truth.symmetry.unit_cell().parameters()),
         "domain_size": params.crystal.domain_size, "sigma_domain": spreads.sigma_domain,
-        "mosaic_rad": mosaic, "mosaic_deg": math.degrees(mosaic),
+        "mosaic_rad": spreads.mosaic, "mosaic_deg": math.degrees(spreads.mosaic),
         "wilson_b": params.wilson.b, "wilson_mean_intensity": params.wilson.mean_intensity,
         "anomalous": vars(heavy) if heavy else None,
-        "intensity_scale": flux, "detector_size": list(size),
-        "pixel_size": params.detector.pixel_size, "distance": distance,
-        "psf_px": spreads.psf, "trusted_range": list(trusted),
-        "gain": gain, "read_noise": read_noise,
+        "intensity_scale": s.flux, "detector_size": list(s.size),
+        "pixel_size": params.detector.pixel_size, "distance": s.distance,
+        "psf_px": spreads.psf, "trusted_range": list(s.trusted),
+        "gain": s.gain, "read_noise": s.read_noise,
         "n_samples": design.n_samples, "n_sigma": design.n_sigma,
         "max_lorentz": design.max_lorentz, "min_partiality": design.min_partiality,
         "background": vars(design.background) | {"image_sigma": params.background.image_sigma},
         "hot_pixels": {"count": design.hot_pixels, "value_range": list(design.hot_range)},
         "zingers": {"rate": design.zinger_rate, "count_range": list(design.zinger_range)},
+        "shapes": {
+            "psf_shape": spreads.psf_shape, "psf_tail_fraction": spreads.psf_tail_fraction,
+            "psf_tail_width_px": spreads.psf_tail_width, "mosaic_shape": spreads.mosaic_shape,
+            "mosaic_blocks": [b.tolist() for b in design.blocks]},
+        "layout": design.layout.describe() if design.layout else None,
     }
-    design.parameters["shapes"] = {
-        "psf_shape": spreads.psf_shape, "psf_tail_fraction": spreads.psf_tail_fraction,
-        "psf_tail_width_px": spreads.psf_tail_width, "mosaic_shape": spreads.mosaic_shape,
-        "mosaic_blocks": [b.tolist() for b in design.blocks]}
-    design.parameters["layout"] = design.layout.describe() if design.layout else None
-    if mode == "stills":
+    if s.mode == "stills":
         g = params.stills.grid_scan
-        design.parameters["stills"] = {"log_g_sigma": params.stills.log_g_sigma,
-                                       "b_sigma": params.stills.b_sigma,
-                                       "grid_scan": {"enable": g.enable, "jitter_deg": g.jitter,
-                                                     "crystal_length": g.crystal_length,
-                                                     "beam_width": g.beam_width,
-                                                     "log_g_noise": g.log_g_noise}}
+        record["stills"] = {"log_g_sigma": params.stills.log_g_sigma,
+                            "b_sigma": params.stills.b_sigma,
+                            "grid_scan": {"enable": g.enable, "jitter_deg": g.jitter,
+                                          "crystal_length": g.crystal_length,
+                                          "beam_width": g.beam_width,
+                                          "log_g_noise": g.log_g_noise}}
     else:
-        design.parameters["rotation"] = dict(design.rotation,
-                                             exposure_time=params.rotation.exposure_time)
-        design.parameters["phi_spread"] = law
-        design.parameters["phi_widths"] = phi_width_truth(spreads)
-    return design
+        record["rotation"] = dict(design.rotation, exposure_time=params.rotation.exposure_time)
+        record["phi_spread"] = params.crystal.phi_spread
+        record["phi_widths"] = phi_width_truth(spreads)
+    return record
 
 
 def heavy_atoms(scope, wavelength: float) -> HeavyAtoms | None:

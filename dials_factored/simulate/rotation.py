@@ -15,6 +15,8 @@ n_images × detector size.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
 
 from dials_factored.simulate import physics
@@ -67,30 +69,58 @@ def candidates(design: Design, a_matrix: np.ndarray) -> dict[str, np.ndarray]:
     return {"index": index[order], "branch": branch[order], "phi": phi[order]}
 
 
+@dataclass
+class SweepTrace:
+    """The traced photons of a sweep's m observation candidates.
+
+    Per candidate, the sums of :class:`.physics.RotationResult` (÷ n_samples): ``full``
+    Σ L·P over all crossing samples, ``lorentz`` Σ L, ``recorded`` Σ L·P over the in-scan
+    samples, ``u_total`` the in-scan photons per unit I_true; ``moments`` the weighted
+    sample moments of the centroids (px, px, frame); ``signal`` the sparse (observation,
+    frame, pixel) photons per unit I_true on sensitive pixels, sorted by frame.
+    """
+
+    full: np.ndarray
+    lorentz: np.ndarray
+    recorded: np.ndarray
+    u_total: np.ndarray
+    moments: Moments
+    signal: PixelSignal
+
+
 def simulate_sweep(design: Design, paths: list, bg_model: np.ndarray, defects: Defects,
                    crystal_model, table: ObservationTable, progress=None) -> None:
     """Simulate, write and record the whole sweep."""
-    t = design.truth
     a = np.asarray(crystal_model.get_A(), dtype=float).reshape(3, 3)
     cand = candidates(design, a)
-    sel = cand["index"]
-    m = sel.size
-    r0 = t.hkl[sel] @ a.T
-    d = t.d[sel]
-    intensity = t.intensity[sel]
+    trace = trace_sweep(design, cand, a)
+    background, signal = beamstop_shadow(design, bg_model, trace.signal)
+    intensity = design.truth.intensity[cand["index"]]
+    info = write_frames(design, paths, background, signal, intensity, defects, progress)
+    record_sweep(design, cand, trace, background, info, table)
+
+
+def trace_sweep(design: Design, cand: dict[str, np.ndarray], a_matrix: np.ndarray) -> SweepTrace:
+    """Trace ``n_samples`` Monte-Carlo photons of every candidate (setting A, Å⁻¹).
+
+    Candidates are traced in chunks of ``design.batch``, chunk c from the random stream
+    ``photons, c``; each chunk's samples are reduced at once to per-candidate sums,
+    centroid moments and sparse (observation, frame ⌊z⌋, pixel) signal entries.  Photons
+    into a module gap are not recorded.
+    """
+    t = design.truth
+    r0 = t.hkl[cand["index"]] @ a_matrix.T
+    d = t.d[cand["index"]]
+    m = r0.shape[0]
     plane = design.plane
     nx, ny = plane.size
-    n_pix = nx * ny
     n_frames = design.n_images
     scan = (np.radians(design.rotation["phi_start"]), np.radians(design.rotation["phi_width"]),
             n_frames)
     axis = np.asarray(design.goniometer.get_rotation_axis(), dtype=float)
-    full = np.zeros(m)
-    lorentz = np.zeros(m)
-    recorded = np.zeros(m)
-    u_total = np.zeros(m)
+    full, lorentz, recorded, u_total = np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m)
     moments = Moments.zeros(m)
-    entries = []
+    pieces = []
     per_chunk = design.batch
     for chunk, start in enumerate(range(0, m, per_chunk)):
         part = slice(start, min(m, start + per_chunk))
@@ -109,25 +139,62 @@ def simulate_sweep(design: Design, paths: list, bg_model: np.ndarray, defects: D
             on &= design.layout.sensitive(pixel)
         moments.add(obs, s.x, s.y, s.z, s.weight, on)
         frame = np.minimum(np.floor(s.z).astype(np.int64), n_frames - 1)
-        entries.append(aggregate(obs[on], pixel[on], frame[on], s.weight[on], n_pix))
+        pieces.append(aggregate(obs[on], pixel[on], frame[on], s.weight[on], nx * ny))
+    signal = _concatenate(pieces)
+    del pieces  # free the chunks before the sorted copy is made
+    order = np.argsort(signal.frame, kind="stable")
+    return SweepTrace(full=full, lorentz=lorentz, recorded=recorded, u_total=u_total,
+                      moments=moments,
+                      signal=PixelSignal(obs=signal.obs[order], pixel=signal.pixel[order],
+                                         frame=signal.frame[order], u=signal.u[order]))
 
-    e_obs = np.concatenate([e.obs for e in entries]) if entries else np.zeros(0, np.int64)
-    e_frame = np.concatenate([e.frame for e in entries]) if entries else np.zeros(0, np.int64)
-    e_pix = np.concatenate([e.pixel for e in entries]) if entries else np.zeros(0, np.int64)
-    e_u = np.concatenate([e.u for e in entries]) if entries else np.zeros(0)
-    del entries
-    order = np.argsort(e_frame, kind="stable")
-    e_obs, e_frame, e_pix, e_u = e_obs[order], e_frame[order], e_pix[order], e_u[order]
-    bounds = np.searchsorted(e_frame, np.arange(n_frames + 1))
+
+def _concatenate(pieces: list[PixelSignal]) -> PixelSignal:
+    """The entries of all pieces end to end (empty arrays if there are no pieces)."""
+    if not pieces:
+        empty = np.zeros(0, np.int64)
+        return PixelSignal(obs=empty, pixel=empty, frame=empty, u=np.zeros(0))
+    return PixelSignal(obs=np.concatenate([p.obs for p in pieces]),
+                       pixel=np.concatenate([p.pixel for p in pieces]),
+                       frame=np.concatenate([p.frame for p in pieces]),
+                       u=np.concatenate([p.u for p in pieces]))
+
+
+def beamstop_shadow(design: Design, bg_model: np.ndarray,
+                    signal: PixelSignal) -> tuple[np.ndarray, PixelSignal]:
+    """The flat background (photons/pixel) and the spot signal in the beamstop's shadow.
+
+    Both are multiplied by the layout's transmission (0–1 per pixel); without a layout
+    they are returned as they are.
+    """
     background = bg_model.ravel()
     layout = design.layout
-    if layout is not None:  # the beamstop's shadow on background and spots
-        background = layout.attenuate(background)
-        e_u = e_u * layout.transmission.ravel()[e_pix]
+    if layout is None:
+        return background, signal
+    return (layout.attenuate(background),
+            replace(signal, u=signal.u * layout.transmission.ravel()[signal.pixel]))
+
+
+def write_frames(design: Design, paths: list, background: np.ndarray, signal: PixelSignal,
+                 intensity: np.ndarray, defects: Defects, progress=None) -> np.ndarray:
+    """Draw and write every frame; return each candidate's Fisher information (I_true⁻²).
+
+    Frame f's expected image is ``μ = background + Σ_h I_h u_hp`` (photons); its counts are
+    Poisson (stream ``noise, f``) with hot pixels and zingers (``zingers, f``), gaps
+    written, and read out with gain and read noise (``read_noise, f``).  The information
+    ``Σ_p u_hp²/(μ_p + read_noise²)`` is summed over the frames, hot, zinger and gap
+    pixels excluded (see :mod:`.signal`).
+    """
+    nx, ny = design.plane.size
+    n_pix = nx * ny
+    n_frames = design.n_images
+    m = intensity.size
+    layout = design.layout
+    bounds = np.searchsorted(signal.frame, np.arange(n_frames + 1))
     info = np.zeros(m)
     for f in range(n_frames):
         block = slice(bounds[f], bounds[f + 1])
-        ob, px, u = e_obs[block], e_pix[block], e_u[block]
+        ob, px, u = signal.obs[block], signal.pixel[block], signal.u[block]
         mu = background + np.bincount(px, weights=u * intensity[ob], minlength=n_pix)
         counts = poisson_counts(mu.reshape(ny, nx), stream(design.seed, "noise", f))
         zinger_flat = defects.apply(counts, f, design.zinger_rate, design.zinger_range,
@@ -147,7 +214,24 @@ def simulate_sweep(design: Design, paths: list, bg_model: np.ndarray, defects: D
                                    mu + design.read_noise ** 2, excluded, m)
         if progress:
             progress(f + 1, n_frames)
+    return info
 
+
+def record_sweep(design: Design, cand: dict[str, np.ndarray], trace: SweepTrace,
+                 background: np.ndarray, info: np.ndarray, table: ObservationTable) -> None:
+    """Add the candidates with partiality ≥ ``min_partiality`` and signal on the panel.
+
+    partiality = recorded/full, polarisation = full/lorentz, scale = the photon-weighted
+    G(φ)·exp(B(φ)/4d²) = u_total/(K·recorded), ideal variance = 1/information (∞ without
+    information); centroids in (px, px, frame), φ in degrees.
+    """
+    t = design.truth
+    sel = cand["index"]
+    intensity = t.intensity[sel]
+    d = t.d[sel]
+    nx, ny = design.plane.size
+    full, lorentz, recorded, u_total = trace.full, trace.lorentz, trace.recorded, trace.u_total
+    moments = trace.moments
     partiality = np.where(full > 0, recorded / np.where(full > 0, full, 1), 0.0)
     xyz = moments.centroid()
     on_frac = moments.fraction_on_panel()
