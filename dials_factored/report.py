@@ -108,7 +108,8 @@ def render(result, shells, title: str = "dials.factored_integrate") -> str:
                  + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul>"
                  if warnings else "<p>Plausibility checks passed (convergence, priors, widths, "
                  "outliers).</p>")
-    still_html = _per_still_table(result.diagnostics.get("per_still"))
+    still_html = (_per_still_table(result.diagnostics.get("per_still"))
+                  + _partiality_table(p.get("partiality_check")))
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <script>{get_plotlyjs()}</script>
@@ -147,3 +148,18 @@ def _per_still_table(per_still: dict | None) -> str:
     return ("<h2>Per still</h2><table><tr><th>experiment</th><th>G</th><th>B (Å²)</th>"
             "<th>δθx (°)</th><th>δθy (°)</th><th>cell scale (%)</th><th>reflections used</th>"
             "<th>foreground px masked (%)</th></tr>" + "".join(rows) + "</table>")
+
+
+def _partiality_table(rows: list | None) -> str:
+    """The stills partiality check (:mod:`.partiality_check`) as a table."""
+    if not rows:
+        return ""
+    body = "".join(
+        f"<tr><td>{r['d_max']:.2f}–{r['d_min']:.2f}</td><td>{r['p_min']:g}–{r['p_max']:g}</td>"
+        f"<td>{r['n']}</td><td>{r['median_ratio']:.3f}</td><td>{r['rms_z']:.2f}</td></tr>"
+        for r in rows)
+    return ("<h2>Partialities against the nearly full observations</h2><p>Median full "
+            "intensity of flank observations over that of the same reflection's observations "
+            "at p ≥ 0.7 (1 if the partialities are right), and rms z.</p><table><tr><th>d (Å)"
+            "</th><th>model p</th><th>n</th><th>median ratio</th><th>rms z</th></tr>"
+            f"{body}</table>")

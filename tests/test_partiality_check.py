@@ -43,3 +43,13 @@ def test_wrong_widths_are_reported(factor, word):
     assert all(f"too {word}" in w for w in warnings)
     ratios = np.array([r["median_ratio"] for r in rows])
     assert np.all(ratios < 0.75) if word == "wide" else np.all(ratios > 1.3)
+
+
+def test_report_shows_the_check():
+    from dials_factored.report import _partiality_table
+
+    rows = partiality_check(*_observations(1.5 * R_TRUE), use=np.ones(24000, bool))
+    table = _partiality_table(rows)
+    assert table.count("<tr>") == len(rows) + 1
+    assert f"{rows[0]['median_ratio']:.3f}" in table
+    assert _partiality_table(None) == ""
