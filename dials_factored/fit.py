@@ -348,5 +348,5 @@ class FactoredTarget:
 # the minimiser lives in dials_factored.normal; kept importable from here
 from dials_factored.normal import RELATIVE_DECREASE, minimise, normal_equations  # noqa: E402
 
-__all__ = ["RELATIVE_DECREASE", "FactoredTarget", "Layout", "Observations", "Priors",
+__all__ = ["RELATIVE_DECREASE", "FactoredTarget", "Observations", "Priors",
            "corrected_excitation", "minimise", "normal_equations"]

@@ -39,9 +39,9 @@ def partiality_check(group: np.ndarray, full: np.ndarray, var_full: np.ndarray,
     ok = use & np.isfinite(full) & np.isfinite(var_full) & (var_full > 0) & np.isfinite(p)
     n = int(world().max(int(group.max()) + 1 if len(group) else 0))
     weight = np.where(ok & (p >= PEAK_P), 1.0 / np.where(ok, var_full, 1.0), 0.0)
+    weighted = weight * np.where(ok, full, 0.0)
     w_others = group_sum(group, weight, n)[group] - weight
-    wi_others = group_sum(group, weight * np.where(ok, full, 0.0), n)[group] - weight * np.where(
-        ok, full, 0.0)
+    wi_others = group_sum(group, weighted, n)[group] - weighted
     has_ref = ok & (w_others > 0)
     ref = np.where(has_ref, wi_others / np.where(has_ref, w_others, 1.0), np.nan)
     var_ref = np.where(has_ref, 1.0 / np.where(has_ref, w_others, 1.0), np.nan)
