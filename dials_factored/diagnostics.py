@@ -15,7 +15,7 @@ import numpy as np
 
 #: A parameter further than this many prior σ from the prior mean is implausible.
 PRIOR_SIGMAS = 3.0
-#: A fitted R1 more than this factor from the strong spots' width is implausible.
+#: A fitted R1 node this factor below the lowest-resolution node is implausible.
 WIDTH_FACTOR = 2.0
 #: Masked outlier pixels above this fraction of the foreground pixels is implausible
 #: for a detector without many zingers (a few per mille).
@@ -46,7 +46,7 @@ class PriorCheck:
 
 
 def fit_warnings(history: list, max_iterations: int, priors: list[PriorCheck],
-                 r1_fitted: np.ndarray, r1_spots: float, width_fitted: bool,
+                 r1_fitted: np.ndarray, width_fitted: bool,
                  per_still: dict | None, outliers: int, foreground_pixels: int) -> list[str]:
     """Every implausibility of a finished fit, one sentence each (empty: none found)."""
     out = []
@@ -68,10 +68,10 @@ def fit_warnings(history: list, max_iterations: int, priors: list[PriorCheck],
         if abs(z) > PRIOR_SIGMAS:
             out.append(f"{p.name} = {p.value:.4g} is {abs(z):.1f} prior σ from its prior mean "
                        f"{np.exp(p.mean):.4g}")
-    if width_fitted and implausible_widths(r1_fitted, r1_spots):
-        out.append(f"fitted R1(d) ({' '.join(f'{r:.5f}' for r in r1_fitted)} Å⁻¹) is more than "
-                   f"{WIDTH_FACTOR:g}× from the strong spots' width {r1_spots:.5f} Å⁻¹: try "
-                   f"profile.fit_width=auto or false")
+    if width_fitted and implausible_widths(r1_fitted):
+        out.append(f"fitted R1(d) ({' '.join(f'{r:.5f}' for r in r1_fitted)} Å⁻¹, low to high "
+                   f"resolution) falls more than {WIDTH_FACTOR:g}× below its low-resolution "
+                   f"value: spots do not narrow at high resolution; try profile.fit_width=false")
     if foreground_pixels > 0 and outliers > OUTLIER_FRACTION * foreground_pixels:
         out.append(f"{outliers} outlier pixels were masked, {outliers / foreground_pixels:.2%} "
                    f"of the foreground pixels (more than {OUTLIER_FRACTION:.1%}: real peaks may "
@@ -85,10 +85,13 @@ def fit_warnings(history: list, max_iterations: int, priors: list[PriorCheck],
     return out
 
 
-def implausible_widths(r1_fitted: np.ndarray, r1_spots: float) -> bool:
-    """Whether any R1 node (Å⁻¹) is more than ``WIDTH_FACTOR`` from the strong spots' width."""
-    ratio = np.asarray(r1_fitted) / r1_spots
-    return bool(np.any((ratio > WIDTH_FACTOR) | (ratio < 1 / WIDTH_FACTOR)))
+def implausible_widths(r1_fitted: np.ndarray) -> bool:
+    """Whether an R1 node (Å⁻¹, nodes from low to high resolution) is more than
+    ``WIDTH_FACTOR`` below the first.  The width of a spot on the sphere is the sum in
+    quadrature of terms that are constant in 1/d (point spread, divergence, domain size)
+    and one that grows as η/d (mosaic spread): it never falls with resolution."""
+    r1 = np.asarray(r1_fitted)
+    return bool(len(r1) and np.any(r1 < r1[0] / WIDTH_FACTOR))
 
 
 def per_still_table(nodes: list, n_reflections: np.ndarray, outliers_per_still: np.ndarray,

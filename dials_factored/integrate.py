@@ -327,7 +327,7 @@ def _final(experiments, params, refl: Reflections, store, owned, forward: Forwar
     parameters["warnings"] = ([state.fallback] if state.fallback else []) + fit_warnings(
         state.history, params.refinement.max_iterations,
         prior_checks(x, layout, state.priors, stills), np.exp(x[layout.log_r1a]),
-        state.r1_init, state.priors.log_r1_sigma != FIXED_WIDTH_SIGMA,
+        state.priors.log_r1_sigma != FIXED_WIDTH_SIGMA,
         diagnostics["per_still"], state.n_outliers,
         int(world.sum(float(final["n_fg"].sum())))) + partiality_warnings(p_rows)
     parameters["partiality_check"] = p_rows

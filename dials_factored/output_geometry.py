@@ -71,9 +71,10 @@ def apply_orientation_corrections(experiments, parameters, table=None) -> int:
     ω = (δθx, δθy, 0) in the lab frame and the δs, as fitted by the stills post-refinement
     (to first order ε moves by ŝ1·(ω×q) + Σ_j δs_j·h_j·ŝ1·A_j, see
     ``forward.excitation_gradients``).  With
-    ``table`` (the output reflections) the predicted geometry of the corrected stills' rows
-    is recomputed from the new A, so that table and experiments agree (see
-    ``_repredict_stills``).
+    ``table`` (the output reflections) the detector distance is first fitted to the strong
+    spots with the new crystals (:mod:`.detector_distance`, recorded in ``parameters``),
+    and the predicted geometry of the corrected stills' rows is recomputed from the new
+    models, so that table and experiments agree (see ``_repredict_stills``).
     """
     from scitbx import matrix
 
@@ -90,6 +91,11 @@ def apply_orientation_corrections(experiments, parameters, table=None) -> int:
         crystal.set_A(rot * matrix.sqr(crystal.get_A()) * matrix.diag([1.0 + v for v in axes]))
         rotated.append(node["experiment"])
     if table is not None and rotated and len(table):
+        from dials_factored.detector_distance import refine_distance
+
+        distance = refine_distance(experiments, table, rotated, _repredict_stills)
+        if distance is not None:
+            parameters["detector_distance"] = distance
         _repredict_stills(table, experiments, rotated)
     return len(rotated)
 

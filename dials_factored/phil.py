@@ -111,9 +111,10 @@ profile {
     .expert_level = 1
   fit_width = *auto true false
     .type = choice
-    .help = "Fit R1(d) to the spot shapes (Term 2)?  auto: fit, and (stills) when a node"
-            "ends a cycle more than 2× from the strong spots' width, fix every node at"
-            "that width for the remaining cycles (logged as a warning); true: fit and"
+    .help = "Fit R1(d) to the spot shapes (Term 2)?  auto: fit, and (stills) when the"
+            "fitted widths still outgrow the boxes after the last re-cut (spot tails"
+            "whose second moments grow with the window), fix every node at the strong"
+            "spots' width for the remaining cycles (logged as a warning); true: fit and"
             "only warn; false: keep R1 at its initial value (the strong spots' width)"
             "and fit only the scales and partialities."
   box_sigma = 4.0
