@@ -21,6 +21,16 @@ def to_numpy(values) -> np.ndarray:
     return values.as_numpy_array()
 
 
+def rows_by_experiment(ids, n_experiments: int) -> list[np.ndarray]:
+    """The row indices (ascending) of each experiment id 0 … n_experiments − 1, from one
+    stable sort: selecting ``ids == i`` in a loop over experiments costs N_expt × N_rows,
+    which for 10⁴ stills is most of a run."""
+    ids = np.asarray(ids)
+    order = np.argsort(ids, kind="stable")
+    bounds = np.searchsorted(ids[order], np.arange(n_experiments + 1))
+    return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def miller_keys(hkl, ids=None) -> np.ndarray:
     """One int64 per (experiment id, h, k, l), for sorting and matching rows.
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from dials_factored import collective
 from dials_factored import reference as references
-from dials_factored.diagnostics import PriorCheck
+from dials_factored.diagnostics import PriorCheck, shifts_below
 from dials_factored.expected_amplitude import expected, model_or_prior
 from dials_factored.fit import FactoredTarget, Observations, Priors, minimise
 from dials_factored.forward import Forward
@@ -177,8 +177,7 @@ class Cycles:
             tolerance = self.params.refinement.shift_tolerance
             # a cycle whose LM took no step (its first, damped step was too short) says
             # nothing about convergence: the next cycle's weights may move the optimum
-            if (cycle >= 1 and step["iterations"] > 0 and step["max_shift_log_g"] < tolerance
-                    and step["max_shift_b"] < 25 * tolerance):
+            if cycle >= 1 and step["iterations"] > 0 and shifts_below(step, tolerance):
                 logger.info("Converged: shifts below refinement.shift_tolerance = %g",
                             tolerance)
                 break
@@ -313,6 +312,7 @@ def _record(state: FitState, layout, x_old, cycle, objective, objective_start, n
         "outlier_pixels": n_new,
         "max_shift_log_g": float(np.max(np.abs(x[layout.log_g] - x_old[layout.log_g]))),
         "max_shift_b": float(np.max(np.abs(x[layout.b] - x_old[layout.b]))),
+        "max_shift_over_sigma": _max_shift_over_sigma(state.cov, layout, x, x_old),
         "r0": float(np.exp(x[layout.log_r0])),
         "r1": np.exp(x[layout.log_r1a]).tolist(),
         "seconds": seconds,
@@ -321,12 +321,26 @@ def _record(state: FitState, layout, x_old, cycle, objective, objective_start, n
         step["sigma_m_deg"] = float(np.degrees(np.exp(x[layout.log_eta])))
     logger.info(
         "Cycle %d: objective %.5g (%d LM iterations), Term-1 %d, Term-2 %d reflections, "
-        "%d new outlier pixels, max |Δlog G| %.4f, max |ΔB| %.3f Å², %s %.5g%s, %.1f s",
+        "%d new outlier pixels, max |Δlog G| %.4f, max |ΔB| %.3f Å² (max shift/σ %.3g), "
+        "%s %.5g%s, %.1f s",
         step["cycle"], objective, n_iter, step["n_term1"], step["n_term2"], n_new,
-        step["max_shift_log_g"], step["max_shift_b"],
+        step["max_shift_log_g"], step["max_shift_b"], step["max_shift_over_sigma"],
         "R0" if stills else "radial R0 (Å⁻¹)", step["r0"],
         "" if stills else f", σ_m {step['sigma_m_deg']:.4f}°", step["seconds"])
     return step
+
+
+def _max_shift_over_sigma(cov, layout, x, x_old) -> float:
+    """The largest |Δ|/σ of the cycle over every log G and B (σ from the final normal
+    matrix of its LM; under MPI each rank has the variances of its own stills, the others
+    are 0); NaN without a covariance."""
+    if cov is None:
+        return float("nan")
+    where = np.r_[np.arange(x.size)[layout.log_g], np.arange(x.size)[layout.b]]
+    variance = cov.variances()[where]
+    known = variance > 0
+    ratio = np.abs(x[where] - x_old[where])[known] / np.sqrt(variance[known])
+    return float(collective.world().max(float(np.max(ratio, initial=0.0))))
 
 
 def _width_fallback(state: FitState, layout, cycle: int, short: float) -> str:

@@ -39,8 +39,11 @@ KEEP = 0.8
 
 def _shift_detectors(experiments, shift_mm: float) -> None:
     """Move every detector by ``shift_mm`` along its experiment's beam direction."""
+    beams = {}
+    for expt in experiments:
+        beams.setdefault(id(expt.detector), expt.beam)
     for detector in experiments.detectors():
-        beam = next(e.beam for e in experiments if e.detector is detector)
+        beam = beams[id(detector)]
         root = detector.hierarchy()
         step = matrix.col(beam.get_unit_s0()) * shift_mm
         root.set_frame(root.get_fast_axis(), root.get_slow_axis(),

@@ -31,6 +31,12 @@ STILL_FALLING = 1e-3
 OBJECTIVE_RISE = 0.1
 
 
+def shifts_below(step: dict, tolerance: float) -> bool:
+    """Whether a cycle's largest scale shifts (|Δlog G|, and |ΔB| in Å²) are below
+    ``refinement.shift_tolerance`` (B: 25 times it)."""
+    return step["max_shift_log_g"] < tolerance and step["max_shift_b"] < 25 * tolerance
+
+
 def _per_residual(step: dict) -> float:
     return step["objective"] / max(step["n_term1"] + step["n_term2"], 1)
 
@@ -45,12 +51,19 @@ class PriorCheck:
     sigma: float
 
 
-def fit_warnings(history: list, max_iterations: int, priors: list[PriorCheck],
+def fit_warnings(history: list, refinement, priors: list[PriorCheck],
                  r1_fitted: np.ndarray, width_fitted: bool,
                  per_still: dict | None, outliers: int, foreground_pixels: int) -> list[str]:
-    """Every implausibility of a finished fit, one sentence each (empty: none found)."""
-    out = []
+    """Every implausibility of a finished fit, one sentence each (empty: none found);
+    ``refinement`` the PHIL scope (max_iterations, shift_tolerance)."""
+    out, max_iterations = [], refinement.max_iterations
     last = history[-1] if history else None
+    tolerance = refinement.shift_tolerance
+    if last and tolerance > 0 and not shifts_below(last, tolerance):
+        out.append(f"the outer cycles did not converge: in the last ({last['cycle']}) some "
+                   f"log G still moved by {last['max_shift_log_g']:.4f} and some B by "
+                   f"{last['max_shift_b']:.3f} Å² (refinement.shift_tolerance = {tolerance:g}; "
+                   f"refinement.n_cycles)")
     if last and last["iterations"] >= max_iterations:
         gain = (last["objective_start"] - last["objective"]) / max(last["objective_start"], 1e-300)
         if gain > STILL_FALLING:

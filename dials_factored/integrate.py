@@ -325,7 +325,7 @@ def _final(experiments, params, refl: Reflections, store, owned, forward: Forwar
                                            state.informative, j, final["n_fg"],
                                            final["outliers_per_image"]) if stills else None)
     parameters["warnings"] = ([state.fallback] if state.fallback else []) + fit_warnings(
-        state.history, params.refinement.max_iterations,
+        state.history, params.refinement,
         prior_checks(x, layout, state.priors, stills), np.exp(x[layout.log_r1a]),
         state.priors.log_r1_sigma != FIXED_WIDTH_SIGMA,
         diagnostics["per_still"], state.n_outliers,

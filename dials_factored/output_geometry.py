@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from dials.array_family import flex
 
-from dials_factored.arrays import miller_keys, to_numpy
+from dials_factored.arrays import miller_keys, rows_by_experiment, to_numpy
 
 
 def add_observed_geometry(table, experiments, strong) -> None:
@@ -114,8 +114,9 @@ def _repredict_stills(table, experiments, rotated) -> None:
 
     ids = to_numpy(table["id"]).astype(int)
     hkl = to_numpy(table["miller_index"]).astype(float)
+    per_experiment = rows_by_experiment(ids, len(experiments))
     for i in sorted(set(rotated)):
-        rows = np.flatnonzero(ids == i)
+        rows = per_experiment[i]
         if len(rows) == 0:
             continue
         expt = experiments[i]

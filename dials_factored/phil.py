@@ -192,7 +192,8 @@ refinement {
   shift_tolerance = 0.002
     .type = float(value_min=0)
     .help = "Stop the outer cycles (after the second) when no log G moved by more than"
-            "this and no B by more than 25 times this (Å²); 0: always n_cycles."
+            "this and no B by more than 25 times this (Å²); a run that ends at n_cycles"
+            "with larger shifts is warned about.  0: always n_cycles, no warning."
     .expert_level = 1
   measure_g_r1_coupling = False
     .type = bool

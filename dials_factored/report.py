@@ -91,7 +91,8 @@ def render(result, shells, title: str = "dials.factored_integrate") -> str:
     rows = "".join(
         f"<tr><td>{h['cycle']}</td><td>{h['objective']:.6g}</td><td>{h['iterations']}</td>"
         f"<td>{h['n_term1']}</td><td>{h['n_term2']}</td><td>{h['outlier_pixels']}</td>"
-        f"<td>{h['max_shift_log_g']:.4f}</td><td>{h['max_shift_b']:.3f}</td></tr>"
+        f"<td>{h['max_shift_log_g']:.4f}</td><td>{h['max_shift_b']:.3f}</td>"
+        f"<td>{h.get('max_shift_over_sigma', float('nan')):.3g}</td></tr>"
         for h in result.history)
     corr = p.get("correlation")
     corr_html = ""
@@ -122,7 +123,8 @@ pixels masked.</p>
 {warn_html}
 <h2>Fit history</h2>
 <table><tr><th>cycle</th><th>objective</th><th>LM iterations</th><th>Term 1 refl.</th>
-<th>Term 2 refl.</th><th>new outlier px</th><th>max |Δlog G|</th><th>max |ΔB|</th></tr>
+<th>Term 2 refl.</th><th>new outlier px</th><th>max |Δlog G|</th><th>max |ΔB|</th>
+<th>max shift/σ</th></tr>
 {rows}</table>
 {corr_html}
 {still_html}

@@ -28,7 +28,7 @@ from functools import cached_property
 import numpy as np
 from dials.array_family import flex
 
-from dials_factored.arrays import to_numpy
+from dials_factored.arrays import rows_by_experiment, to_numpy
 from dials_factored.parallel import ordered_map
 from dials_factored.pixel_geometry import offset_coefficients
 from dials_factored.pixel_store import (
@@ -118,9 +118,10 @@ def plan_jobs(experiments, ids: np.ndarray, boxes: Boxes):
     first = np.zeros(len(ids), np.int64)
     last = np.zeros(len(ids), np.int64)
     origin = np.zeros(len(ids), np.int64)
+    rows = rows_by_experiment(ids, len(experiments))
     for i, expt in enumerate(experiments):
         iset = expt.imageset
-        sel = ids == i
+        sel = rows[i]
         if expt.scan is None or expt.scan.get_oscillation()[1] == 0:
             key = (iset.get_path(0), iset.indices()[0] if hasattr(iset, "indices") else 0)
             if key in seen:
@@ -130,7 +131,7 @@ def plan_jobs(experiments, ids: np.ndarray, boxes: Boxes):
                 jobs.append((iset, 0, [i], 0))
             first[sel] = last[sel] = origin[sel] = seen[key]
             continue
-        if not sel.any():
+        if len(sel) == 0:
             continue
         scan_first, scan_end = expt.scan.get_array_range()
         lo = max(int(boxes.z0[sel].min()), scan_first)
@@ -236,6 +237,10 @@ class _ImageCutter:
     jobs: list
     masks: dict = field(default_factory=dict)  # static masks by format and detector
     hot: list | None = None  # per panel, False at hot pixels (stills)
+    rows: list = field(init=False)  # per experiment, its reflections
+
+    def __post_init__(self):
+        self.rows = rows_by_experiment(self.ids, len(self.experiments))
 
     def static_mask(self, imageset, index: int) -> list:
         """Per panel, the pixels the detector's format and an external mask allow (None:
@@ -278,17 +283,16 @@ class _ImageCutter:
             raise ValueError(f"image {imageset.get_path(index)} could not be read "
                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                              "nothing was written") from None
-        on_image = (np.isin(self.ids, expt_ids) & (boxes.z0 <= frame_number)
-                    & (boxes.z1 > frame_number))
         pieces = []
         n_panels = len(imageset.get_detector())
         for eid in expt_ids:  # several lattices may share the image
             # each experiment's own detector and beam (stills refined per still)
             detector = self.experiments[int(eid)].detector
             s0 = np.asarray(self.experiments[int(eid)].beam.get_s0(), dtype=float)
-            mine = on_image & (self.ids == eid)
+            rows = self.rows[int(eid)]
+            mine = rows[(boxes.z0[rows] <= frame_number) & (boxes.z1[rows] > frame_number)]
             for pid, panel in enumerate(detector):
-                sel = np.flatnonzero(mine & (boxes.panel == pid))
+                sel = mine[boxes.panel[mine] == pid]
                 if len(sel):
                     image = data[pid].as_numpy_array()
                     pieces.append(self._cut(image, self._usable(static[pid], pid, image.shape),

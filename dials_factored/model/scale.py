@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dials_factored.arrays import rows_by_experiment
+
 
 @dataclass
 class ScaleNodes:
@@ -41,8 +43,9 @@ def build_nodes(experiments, ids: np.ndarray, phi_deg: np.ndarray, block_width: 
     k1 = np.zeros(len(ids), dtype=int)
     w = np.zeros(len(ids))
     node_expt, node_phi = [], []
+    rows = rows_by_experiment(ids, len(experiments))
     for i, expt in enumerate(experiments):
-        sel = ids == i
+        sel = rows[i]
         scan = expt.scan
         if scan is None or scan.get_oscillation()[1] == 0:
             k0[sel] = k1[sel] = len(node_expt)
