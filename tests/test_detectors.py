@@ -20,6 +20,7 @@ from dials_factored.pixel_geometry import (
 )
 from dials_factored.pixel_store import PixelStore
 from dials_factored.shoeboxes import Boxes, _ImageCutter
+from harness.fake_images import FakeImages
 
 SIZE = 64
 
@@ -27,33 +28,6 @@ SIZE = 64
 def _detector(distance: float):
     return DetectorFactory.simple("PAD", distance, (SIZE * 0.172 / 2, SIZE * 0.172 / 2), "+x",
                                   "-y", (0.172, 0.172), (SIZE, SIZE), trusted_range=(-1.0, 1e6))
-
-
-class _Images:
-    """One image shared by two lattices; its own detector is a third model."""
-
-    def __init__(self, detector, image):
-        self.detector, self.image = detector, image
-
-    def get_raw_data(self, index):
-        from dials.array_family import flex
-        return (flex.double(self.image),)
-
-    def get_mask(self, index):
-        from dials.array_family import flex
-        return (flex.bool(np.ones(self.image.shape, bool)),)
-
-    def has_dynamic_mask(self):
-        return True
-
-    def clear_cache(self):
-        pass
-
-    def get_detector(self):
-        return self.detector
-
-    def get_path(self, index):
-        return "fake.cbf"
 
 
 def _experiments(distances):
@@ -85,7 +59,7 @@ def test_offsets_of_two_lattices_on_one_image_use_their_own_detectors(tmp_path):
     own experiment's detector, and the two boxes on the same pixels share site numbers
     (so each sees the other as a neighbour)."""
     experiments = _experiments([100.0, 103.0])
-    images = _Images(_detector(110.0), np.arange(SIZE * SIZE, dtype=float).reshape(SIZE, SIZE))
+    images = FakeImages(_detector(110.0), np.arange(SIZE * SIZE, dtype=float).reshape(SIZE, SIZE))
     for expt in experiments:
         expt.imageset = images
     boxes = Boxes(np.zeros(2, int), np.array([20, 22]), np.array([29, 31]), np.array([30, 30]),

@@ -27,6 +27,7 @@ from dials_factored.inputs import check_reflections
 from dials_factored.pixel_store import OVERLOADED, USABLE, PixelStore
 from dials_factored.residuals.intensity import outlier_pixels, profile_fit, summation
 from dials_factored.shoeboxes import Boxes, _ImageCutter, background
+from harness.fake_images import FakeImages
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -97,31 +98,6 @@ def test_check_reflections_names_every_missing_column():
 
 SIZE = 40  # pixels per side of the fake panel
 TRUSTED_MAX = 500.0
-
-
-class FakeImages:
-    """What the image reader uses of a dxtbx image set, with a given image and mask."""
-
-    def __init__(self, detector, image: np.ndarray, mask: np.ndarray):
-        self.detector, self.image, self.mask = detector, image, mask
-
-    def get_raw_data(self, index):
-        return (flex.double(self.image),)
-
-    def get_mask(self, index):
-        return (flex.bool(self.mask),)
-
-    def has_dynamic_mask(self):  # a mask of its own for every image: taken from get_mask
-        return True
-
-    def clear_cache(self):
-        pass
-
-    def get_detector(self):
-        return self.detector
-
-    def get_path(self, index):
-        return "fake.cbf"
 
 
 class FlatPixels:
