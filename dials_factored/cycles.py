@@ -337,7 +337,7 @@ def _max_shift_over_sigma(cov, layout, x, x_old) -> float:
     if cov is None:
         return float("nan")
     where = np.r_[np.arange(x.size)[layout.log_g], np.arange(x.size)[layout.b]]
-    variance = cov.variances()[where]
+    variance = cov[where, where]
     known = variance > 0
     ratio = np.abs(x[where] - x_old[where])[known] / np.sqrt(variance[known])
     return float(collective.world().max(float(np.max(ratio, initial=0.0))))

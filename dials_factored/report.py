@@ -92,7 +92,7 @@ def render(result, shells, title: str = "dials.factored_integrate") -> str:
         f"<tr><td>{h['cycle']}</td><td>{h['objective']:.6g}</td><td>{h['iterations']}</td>"
         f"<td>{h['n_term1']}</td><td>{h['n_term2']}</td><td>{h['outlier_pixels']}</td>"
         f"<td>{h['max_shift_log_g']:.4f}</td><td>{h['max_shift_b']:.3f}</td>"
-        f"<td>{h.get('max_shift_over_sigma', float('nan')):.3g}</td></tr>"
+        f"<td>{h['max_shift_over_sigma']:.3g}</td></tr>"
         for h in result.history)
     corr = p.get("correlation")
     corr_html = ""

@@ -43,7 +43,8 @@ def synthetic(kind: str, n_nodes: int = 5) -> Result:
     table = flex.reflection_table()
     table["partiality"] = flex.double(rng.random(200))
     history = [{"cycle": 1, "objective": 10.0, "iterations": 3, "n_term1": 200, "n_term2": 50,
-                "outlier_pixels": 7, "max_shift_log_g": 0.1, "max_shift_b": 1.0}]
+                "outlier_pixels": 7, "max_shift_log_g": 0.1, "max_shift_b": 1.0,
+                "max_shift_over_sigma": 2.5}]
     diagnostics = {"z_term1": rng.normal(size=200), "outliers_per_image": np.array([3, 0, 4])}
     return Result(table, parameters, history, {}, diagnostics)
 
